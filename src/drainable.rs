@@ -1,0 +1,761 @@
+//! [`Drainable<T>`]: a value that readers borrow through lock-free guards and that a writer can
+//! close and wait out ("drain") before it unregisters, unloads or frees it.
+//!
+//! The whole lifecycle lives in one `u32` (see `state.rs` and `docs/design.md`): taking a guard
+//! is one `fetch_add`, dropping it one `fetch_sub`, and a drain closes the word and sleeps on it
+//! as a futex until the last guard's drop wakes it.
+
+use crate::state::{self, Hold, Phase, Refused};
+use crate::sync::{AtomicU32, Ordering};
+use crate::track;
+use std::error::Error;
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::Deref;
+use std::ptr::{self, NonNull};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A `T` that readers use through guards and that can be *drained*: closed to new guards, then
+/// waited on until every existing guard is dropped.
+///
+/// This is the answer to "when may I unregister this callback, unload this plugin, free this
+/// data?": after [`drain`](Self::drain) returns, no guard exists and none can be taken, every
+/// access made under a guard happened before the return, and the drainable's memory is no
+/// longer touched by any thread, so it may be dropped or freed at once.
+///
+/// # Lifecycle
+///
+/// | phase | `try_acquire` | entered by | left by |
+/// |---|---|---|---|
+/// | Open | succeeds | [`new`](Self::new), [`reopen`](Self::reopen), last [`undo`](PendingDrain::undo) | any drain |
+/// | Pending | fails | [`prepare_drain`](Self::prepare_drain), a [`drain_timeout`](Self::drain_timeout) in flight | `undo`, `commit` |
+/// | Closing | fails | [`drain`](Self::drain) while guards remain | the last guard's drop |
+/// | Drained | fails | the drain that saw zero guards | [`reopen`](Self::reopen) |
+///
+/// # Costs and guarantees
+///
+/// - [`try_acquire`](Self::try_acquire) and dropping a [`Guard`]: lock-free, one atomic
+///   read-modify-write each on the fast path (plus one relaxed load in `try_acquire`), no CAS
+///   loop. All readers share one counter word, so under heavy multi-core use the cache line
+///   bounces; `PerCpuDrainable` (a later release) is for that case.
+/// - [`drain`](Self::drain): blocking and starvation-free. Once closed it waits only for the
+///   guards taken before the close, however busy the acquirers are: a failed acquisition does
+///   not write to the word once the close is visible to it.
+/// - `size_of::<Drainable<()>>() == 4`; a `Guard` is one pointer.
+///
+/// # Leaked guards
+///
+/// A guard passed to [`std::mem::forget`] is never released, and [`drain`](Self::drain) then
+/// waits forever. [`drain_timeout`](Self::drain_timeout) and
+/// [`PendingDrain::commit_timeout`] report it as outstanding.
+///
+/// # Example: unregister, then free
+///
+/// ```
+/// use drainable::Drainable;
+/// use std::sync::Arc;
+/// use std::thread;
+///
+/// // A "registered callback" with data it needs.
+/// let hook = Arc::new(Drainable::new(vec![1, 2, 3]));
+///
+/// let callers: Vec<_> = (0..4)
+///     .map(|_| {
+///         let hook = Arc::clone(&hook);
+///         thread::spawn(move || {
+///             let mut calls = 0;
+///             // Callers stop finding the hook once it is being unregistered.
+///             while let Some(data) = hook.try_acquire() {
+///                 assert_eq!(data.len(), 3);
+///                 calls += 1;
+///             }
+///             calls
+///         })
+///     })
+///     .collect();
+///
+/// hook.drain(); // unregister: no call is in flight after this returns
+/// assert!(hook.is_drained());
+/// for c in callers {
+///     c.join().unwrap();
+/// }
+/// let data = Arc::try_unwrap(hook).ok().unwrap().into_inner(); // free the data
+/// assert_eq!(data, [1, 2, 3]);
+/// ```
+///
+/// # Example: closing several at once costs the longest wait, not the sum
+///
+/// Prepare every drain first, so that all of them are closed at once, then commit each. While
+/// the first commit waits, the others' guards are already finishing.
+///
+/// ```
+/// use drainable::Drainable;
+///
+/// let modules = [Drainable::new("netfilter"), Drainable::new("sched"), Drainable::new("tc")];
+///
+/// let pending: Vec<_> = modules.iter().map(|m| m.prepare_drain()).collect();
+/// assert!(modules.iter().all(|m| !m.is_open())); // all closed before any wait
+/// for p in pending {
+///     p.commit();
+/// }
+/// assert!(modules.iter().all(Drainable::is_drained));
+/// ```
+pub struct Drainable<T: ?Sized> {
+    pub(crate) state: AtomicU32,
+    pub(crate) value: T,
+}
+
+/// The error of [`Drainable::drain_timeout`]: the deadline passed with guards still
+/// outstanding, and the drain was abandoned.
+///
+/// # Example
+///
+/// ```
+/// use drainable::Drainable;
+/// use std::time::Duration;
+///
+/// let d = Drainable::new(());
+/// let g = d.try_acquire().unwrap();
+/// let err = d.drain_timeout(Duration::from_millis(1)).unwrap_err();
+/// assert_eq!(err.outstanding(), 1);
+/// assert!(d.is_open()); // reopened: "unload or fail"
+/// drop(g);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainTimeoutError {
+    outstanding: usize,
+}
+
+impl DrainTimeoutError {
+    /// How many guards were still outstanding when the deadline passed.
+    ///
+    /// ```
+    /// # use drainable::Drainable;
+    /// # use std::time::Duration;
+    /// let d = Drainable::new(());
+    /// let (a, b) = (d.try_acquire().unwrap(), d.try_acquire().unwrap());
+    /// assert_eq!(d.drain_timeout(Duration::ZERO).unwrap_err().outstanding(), 2);
+    /// # drop((a, b));
+    /// ```
+    pub fn outstanding(&self) -> usize {
+        self.outstanding
+    }
+}
+
+impl fmt::Display for DrainTimeoutError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "drain timed out with {} guard(s) still outstanding",
+            self.outstanding
+        )
+    }
+}
+
+impl Error for DrainTimeoutError {}
+
+impl<T> Drainable<T> {
+    crate::sync::const_fn! {
+        /// Creates an open drainable owning `value`. A `const fn`, so it works in a `static`.
+        ///
+        /// ```
+        /// use drainable::Drainable;
+        ///
+        /// static CONFIG: Drainable<&str> = Drainable::new("v1");
+        /// assert_eq!(*CONFIG.try_acquire().unwrap(), "v1");
+        /// ```
+        pub const fn new(value: T) -> Self {
+            Drainable {
+                state: state::new_word(),
+                value,
+            }
+        }
+    }
+
+    /// Consumes the drainable and returns the value. No guard can exist: guards borrow the
+    /// drainable, and owned guards keep its `Arc` alive.
+    ///
+    /// ```
+    /// let d = drainable::Drainable::new(String::from("data"));
+    /// assert_eq!(d.into_inner(), "data");
+    /// ```
+    pub fn into_inner(self) -> T {
+        self.value
+    }
+}
+
+impl<T: ?Sized> Drainable<T> {
+    /// Takes a guard, or returns `None` once a drain has begun (after
+    /// [`drain`](Self::drain), [`prepare_drain`](Self::prepare_drain) or
+    /// [`drain_timeout`](Self::drain_timeout) closed it, until it is reopened).
+    ///
+    /// Lock-free: one relaxed load and one `fetch_add`, no CAS loop. A successful acquisition
+    /// *acquires* the word, so everything done before the [`reopen`](Self::reopen) or
+    /// [`undo`](PendingDrain::undo) that opened it is visible through the guard.
+    ///
+    /// # Panics
+    ///
+    /// If about 33 million guards of this drainable are outstanding at once (the count never
+    /// wraps).
+    ///
+    /// ```
+    /// use drainable::Drainable;
+    ///
+    /// let d = Drainable::new(5);
+    /// let g = d.try_acquire().expect("open");
+    /// assert_eq!(*g + 1, 6);
+    /// drop(g);
+    /// d.drain();
+    /// assert!(d.try_acquire().is_none());
+    /// ```
+    #[inline]
+    #[must_use = "a guard that is not kept is released at once"]
+    pub fn try_acquire(&self) -> Option<Guard<'_, T>> {
+        match state::try_acquire(&self.state) {
+            Ok(()) => {
+                track::acquired(self.addr());
+                Some(Guard {
+                    drainable: NonNull::from(self),
+                    _borrow: PhantomData,
+                })
+            }
+            Err(Refused::Closed) => None,
+            Err(Refused::Overflow) => overflow(),
+        }
+    }
+
+    /// Takes a guard that owns an `Arc` of the drainable, so it is `'static` and can move to
+    /// another thread or task. Returns `None` once a drain has begun.
+    ///
+    /// Costs what [`try_acquire`](Self::try_acquire) costs plus an `Arc` clone.
+    ///
+    /// # Panics
+    ///
+    /// As [`try_acquire`](Self::try_acquire).
+    ///
+    /// ```
+    /// use drainable::Drainable;
+    /// use std::sync::Arc;
+    ///
+    /// let d = Arc::new(Drainable::new(String::from("plugin")));
+    /// let g = d.try_acquire_owned().unwrap();
+    /// let t = std::thread::spawn(move || g.len());
+    /// assert_eq!(t.join().unwrap(), 6);
+    /// d.drain();
+    /// ```
+    #[inline]
+    #[must_use = "a guard that is not kept is released at once"]
+    pub fn try_acquire_owned(self: &Arc<Self>) -> Option<OwnedGuard<T>> {
+        match state::try_acquire(&self.state) {
+            Ok(()) => Some(OwnedGuard {
+                drainable: Arc::clone(self),
+            }),
+            Err(Refused::Closed) => None,
+            Err(Refused::Overflow) => overflow(),
+        }
+    }
+
+    /// Closes the drainable to new guards, then blocks until every guard is dropped.
+    ///
+    /// After it returns: no guard exists and none can be taken until [`reopen`](Self::reopen);
+    /// every access made under a guard *happened before* the return; no thread touches the
+    /// drainable's memory any more, so it may be dropped or freed at once, even while the last
+    /// guard's owner is still returning from its `Drop`.
+    ///
+    /// Irreversible (only `reopen` opens it again) and idempotent: on a drained drainable it
+    /// returns at once. Concurrent callers all return once it is drained. A concurrent
+    /// [`PendingDrain::undo`] does not reopen it.
+    ///
+    /// Blocking: spins briefly, then sleeps on the counter word as a futex, to be woken by the
+    /// drop that releases the last guard. Starvation-free: it waits only for guards taken
+    /// before the close.
+    ///
+    /// # Panics
+    ///
+    /// In builds with `debug_assertions`, if the calling thread holds a [`Guard`] of this
+    /// drainable (it would wait forever for itself). Owned guards are not tracked.
+    ///
+    /// ```
+    /// use drainable::Drainable;
+    /// use std::sync::Arc;
+    /// use std::thread;
+    ///
+    /// let d = Arc::new(Drainable::new(0u64));
+    /// let g = d.try_acquire_owned().unwrap();
+    /// let t = thread::spawn(move || drop(g)); // released on another thread, a little later
+    /// d.drain(); // returns after that drop
+    /// assert!(d.is_drained());
+    /// t.join().unwrap();
+    /// ```
+    pub fn drain(&self) {
+        track::assert_not_held(self.addr(), "Drainable::drain");
+        state::close_committed(&self.state);
+        let drained = state::wait_drained(&self.state, Hold::Committed, None);
+        debug_assert!(drained.is_ok());
+    }
+
+    /// "Unload or fail", as `delete_module` does: closes, waits up to `timeout` for every guard
+    /// to be dropped, and on timeout reopens and reports how many guards were outstanding.
+    ///
+    /// On success the drainable is drained, exactly as after [`drain`](Self::drain). On
+    /// timeout it is reopened, unless another thread holds it closed meanwhile (a
+    /// [`drain`](Self::drain), or a [`PendingDrain`]), in which case it stays closed for them.
+    ///
+    /// # Errors
+    ///
+    /// [`DrainTimeoutError`] with the number of guards still outstanding at the deadline. A
+    /// leaked guard (see the type's docs) always ends here.
+    ///
+    /// # Panics
+    ///
+    /// If 15 reversible drains ([`prepare_drain`](Self::prepare_drain) and timed drains) are
+    /// already in flight on this drainable.
+    ///
+    /// ```
+    /// use drainable::Drainable;
+    /// use std::time::Duration;
+    ///
+    /// let d = Drainable::new(());
+    /// assert!(d.drain_timeout(Duration::from_secs(1)).is_ok());
+    /// assert!(d.is_drained());
+    /// ```
+    pub fn drain_timeout(&self, timeout: Duration) -> Result<(), DrainTimeoutError> {
+        self.prepare_drain()
+            .commit_timeout(timeout)
+            .map_err(|pending| {
+                let outstanding = pending.outstanding();
+                pending.undo();
+                DrainTimeoutError { outstanding }
+            })
+    }
+
+    /// The seed's `prepare_deregister`: closes to new guards at once, reversibly, without
+    /// waiting. The returned [`PendingDrain`] then either [`commit`](PendingDrain::commit)s
+    /// (wait for the guards), or [`undo`](PendingDrain::undo)es (reopen); dropping it undoes.
+    ///
+    /// Lock-free (a CAS loop on the control bits, contended only by other control
+    /// operations). Several `PendingDrain`s may be live at once: the drainable reopens only
+    /// when the last one is undone and no irreversible drain is under way.
+    ///
+    /// # Panics
+    ///
+    /// If 15 reversible drains are already in flight on this drainable.
+    ///
+    /// ```
+    /// use drainable::Drainable;
+    ///
+    /// let d = Drainable::new("device");
+    /// let pending = d.prepare_drain();
+    /// assert!(d.try_acquire().is_none()); // closed at once
+    /// pending.undo(); // the device was needed after all
+    /// assert!(d.try_acquire().is_some());
+    /// ```
+    #[must_use = "dropping a PendingDrain undoes it at once"]
+    pub fn prepare_drain(&self) -> PendingDrain<'_, T> {
+        state::add_pending(&self.state);
+        PendingDrain { drainable: self }
+    }
+
+    /// Drained → Open, like `percpu_ref_reinit` or `ExReInitializeRundownProtection`. Returns
+    /// `true` if it reopened the drainable; in any other phase, or while a [`PendingDrain`] is
+    /// still live, it changes nothing and returns `false`.
+    ///
+    /// Lock-free. A successful reopen *releases* the word: what the caller did before it is
+    /// visible to the guards taken after it.
+    ///
+    /// ```
+    /// use drainable::Drainable;
+    ///
+    /// let d = Drainable::new(1);
+    /// assert!(!d.reopen()); // open, nothing to do
+    /// d.drain();
+    /// assert!(d.reopen());
+    /// assert!(d.try_acquire().is_some());
+    /// ```
+    pub fn reopen(&self) -> bool {
+        state::reopen(&self.state)
+    }
+
+    /// Whether guards can currently be taken. A snapshot: another thread may change it.
+    ///
+    /// ```
+    /// let d = drainable::Drainable::new(());
+    /// assert!(d.is_open());
+    /// let p = d.prepare_drain();
+    /// assert!(!d.is_open());
+    /// # drop(p);
+    /// ```
+    pub fn is_open(&self) -> bool {
+        !state::is_closed(self.state.load(Ordering::Relaxed))
+    }
+
+    /// Whether a drain has completed: no guard exists and none can be taken until
+    /// [`reopen`](Self::reopen). A snapshot, but a `true` stays true until someone reopens.
+    ///
+    /// An `Acquire` load: after it returns `true`, every access made under a guard
+    /// happened before.
+    ///
+    /// ```
+    /// let d = drainable::Drainable::new(());
+    /// assert!(!d.is_drained());
+    /// d.drain();
+    /// assert!(d.is_drained());
+    /// ```
+    pub fn is_drained(&self) -> bool {
+        // Acquire: release → drainer, for callers that act on a `true`.
+        state::phase(self.state.load(Ordering::Acquire)) == Phase::Drained
+    }
+
+    /// Mutable access to the value; `&mut self` proves no guard exists.
+    ///
+    /// ```
+    /// let mut d = drainable::Drainable::new(1);
+    /// *d.get_mut() += 1;
+    /// assert_eq!(*d.try_acquire().unwrap(), 2);
+    /// ```
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.value
+    }
+
+    fn addr(&self) -> usize {
+        self as *const Self as *const () as usize
+    }
+
+    fn outstanding(&self) -> usize {
+        state::count(self.state.load(Ordering::Relaxed)) as usize
+    }
+}
+
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn overflow() -> ! {
+    panic!(
+        "drainable: more than {} guards outstanding on one Drainable",
+        state::MAX_GUARDS
+    )
+}
+
+impl<T: Default> Default for Drainable<T> {
+    /// An open drainable holding `T::default()`.
+    ///
+    /// ```
+    /// let d: drainable::Drainable<Vec<u8>> = Default::default();
+    /// assert!(d.try_acquire().unwrap().is_empty());
+    /// ```
+    fn default() -> Self {
+        Drainable::new(T::default())
+    }
+}
+
+impl<T> From<T> for Drainable<T> {
+    /// An open drainable holding `value`.
+    ///
+    /// ```
+    /// let d = drainable::Drainable::from(7);
+    /// assert_eq!(*d.try_acquire().unwrap(), 7);
+    /// ```
+    fn from(value: T) -> Self {
+        Drainable::new(value)
+    }
+}
+
+impl<T: ?Sized + fmt::Debug> fmt::Debug for Drainable<T> {
+    /// Shows the phase, the outstanding guard count and the value.
+    ///
+    /// ```
+    /// let d = drainable::Drainable::new(3);
+    /// let _g = d.try_acquire();
+    /// assert_eq!(
+    ///     format!("{d:?}"),
+    ///     "Drainable { state: Open, outstanding: 1, value: 3 }"
+    /// );
+    /// ```
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let word = self.state.load(Ordering::Relaxed);
+        f.debug_struct("Drainable")
+            .field("state", &state::phase(word))
+            .field("outstanding", &state::count(word))
+            .field("value", &&self.value)
+            .finish()
+    }
+}
+
+/// A borrowed read guard of a [`Drainable`]: derefs to `T`; dropping it releases it, and the
+/// drop of the last guard completes a waiting drain.
+///
+/// `!Send` (like `MutexGuard`): it is released on the thread that took it, which is what lets
+/// debug builds detect a thread draining what it holds. Use [`OwnedGuard`] to move one. `Sync`
+/// when `T: Sync`.
+///
+/// ```
+/// use drainable::Drainable;
+///
+/// let d = Drainable::new(String::from("hello"));
+/// let g = d.try_acquire().unwrap();
+/// assert_eq!(g.len(), 5); // Deref to String
+/// drop(g); // release
+/// d.drain();
+/// ```
+///
+/// A guard cannot be sent to another thread:
+///
+/// ```compile_fail
+/// let d = drainable::Drainable::new(0);
+/// let g = d.try_acquire().unwrap();
+/// std::thread::scope(|s| { s.spawn(move || drop(g)); });
+/// ```
+#[must_use = "a guard that is not kept is released at once"]
+pub struct Guard<'a, T: ?Sized> {
+    // A pointer, not a reference: the drop must not hold a reference to the drainable across
+    // the decrement that may let a drainer free it (see `state::release`).
+    drainable: NonNull<Drainable<T>>,
+    _borrow: PhantomData<&'a Drainable<T>>,
+}
+
+// SAFETY: sharing `&Guard` only gives out `&T`, which is fine across threads when `T: Sync`.
+unsafe impl<T: ?Sized + Sync> Sync for Guard<'_, T> {}
+
+impl<T: ?Sized> Deref for Guard<'_, T> {
+    type Target = T;
+
+    #[inline]
+    fn deref(&self) -> &T {
+        // SAFETY: the pointer came from a `&'a Drainable<T>` and the guard's count keeps the
+        // drainable from completing a drain, so it is alive and unmoved for the guard's life.
+        unsafe { &(*self.drainable.as_ptr()).value }
+    }
+}
+
+impl<T: ?Sized> Drop for Guard<'_, T> {
+    #[inline]
+    fn drop(&mut self) {
+        let ptr = self.drainable.as_ptr();
+        track::released(ptr as *const () as usize);
+        // SAFETY: `ptr` is live (this guard's count keeps it from draining); `addr_of!` reaches
+        // the counter word without making a reference to the drainable.
+        let word = unsafe { ptr::addr_of!((*ptr).state) };
+        // SAFETY: this guard owns one count on `word`, given back exactly once, here.
+        unsafe { state::release(word) };
+    }
+}
+
+impl<T: ?Sized + fmt::Debug> fmt::Debug for Guard<'_, T> {
+    /// Formats the guarded value.
+    ///
+    /// ```
+    /// let d = drainable::Drainable::new(3);
+    /// assert_eq!(format!("{:?}", d.try_acquire().unwrap()), "3");
+    /// ```
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+/// An owned read guard of an `Arc<Drainable<T>>`: `'static`, `Send` and `Sync` when `T` is
+/// `Send + Sync`, so it can move to another thread or async task. Derefs to `T`; dropping it
+/// releases it.
+///
+/// Not tracked by the debug-build deadlock detector (it can move between threads unseen).
+///
+/// ```
+/// use drainable::Drainable;
+/// use std::sync::Arc;
+///
+/// let d = Arc::new(Drainable::new(vec![1, 2]));
+/// let guards: Vec<_> = (0..3).map(|_| d.try_acquire_owned().unwrap()).collect();
+/// let sum: i32 = std::thread::spawn(move || guards.iter().map(|g| g[1]).sum())
+///     .join()
+///     .unwrap();
+/// assert_eq!(sum, 6);
+/// d.drain();
+/// ```
+#[must_use = "a guard that is not kept is released at once"]
+pub struct OwnedGuard<T: ?Sized> {
+    drainable: Arc<Drainable<T>>,
+}
+
+impl<T: ?Sized> OwnedGuard<T> {
+    /// The drainable this guard belongs to. An associated function (`OwnedGuard::drainable(&g)`)
+    /// so it does not shadow a method of `T`.
+    ///
+    /// ```
+    /// use drainable::{Drainable, OwnedGuard};
+    /// use std::sync::Arc;
+    ///
+    /// let d = Arc::new(Drainable::new(()));
+    /// let g = d.try_acquire_owned().unwrap();
+    /// assert!(Arc::ptr_eq(OwnedGuard::drainable(&g), &d));
+    /// ```
+    pub fn drainable(this: &Self) -> &Arc<Drainable<T>> {
+        &this.drainable
+    }
+}
+
+impl<T: ?Sized> Deref for OwnedGuard<T> {
+    type Target = T;
+
+    #[inline]
+    fn deref(&self) -> &T {
+        &self.drainable.value
+    }
+}
+
+impl<T: ?Sized> Drop for OwnedGuard<T> {
+    #[inline]
+    fn drop(&mut self) {
+        let word = ptr::addr_of!(self.drainable.state);
+        // SAFETY: this guard owns one count on `word`, given back exactly once, here; the `Arc`
+        // field keeps the word alive until after the decrement.
+        unsafe { state::release(word) };
+    }
+}
+
+impl<T: ?Sized + fmt::Debug> fmt::Debug for OwnedGuard<T> {
+    /// Formats the guarded value.
+    ///
+    /// ```
+    /// let d = std::sync::Arc::new(drainable::Drainable::new("x"));
+    /// assert_eq!(format!("{:?}", d.try_acquire_owned().unwrap()), "\"x\"");
+    /// ```
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+/// A reversible drain in progress, from [`Drainable::prepare_drain`]: the drainable is closed
+/// to new guards; [`commit`](Self::commit) waits for the existing ones, [`undo`](Self::undo)
+/// reopens. Dropping it uncommitted undoes it.
+///
+/// This is the seed thread's `prepare_deregister` / `commit_deregister` / `undo_deregister`,
+/// for callers that must not sleep at the moment they decide to remove something.
+///
+/// ```
+/// use drainable::Drainable;
+///
+/// let a = Drainable::new(1);
+/// let b = Drainable::new(2);
+/// let pa = a.prepare_drain();
+/// let pb = b.prepare_drain(); // both closed before any wait
+/// pa.commit();
+/// pb.commit();
+/// assert!(a.is_drained() && b.is_drained());
+/// ```
+#[must_use = "dropping a PendingDrain undoes it at once"]
+pub struct PendingDrain<'a, T: ?Sized> {
+    drainable: &'a Drainable<T>,
+}
+
+impl<'a, T: ?Sized> PendingDrain<'a, T> {
+    /// Waits until every guard is dropped; the drain becomes irreversible. Afterwards the
+    /// drainable is drained, exactly as after [`Drainable::drain`].
+    ///
+    /// # Panics
+    ///
+    /// In builds with `debug_assertions`, if the calling thread holds a [`Guard`] of this
+    /// drainable.
+    ///
+    /// ```
+    /// let d = drainable::Drainable::new(());
+    /// d.prepare_drain().commit();
+    /// assert!(d.is_drained());
+    /// ```
+    pub fn commit(self) {
+        track::assert_not_held(self.drainable.addr(), "PendingDrain::commit");
+        let this = std::mem::ManuallyDrop::new(self);
+        let drained = state::wait_drained(&this.drainable.state, Hold::Pending, None);
+        debug_assert!(drained.is_ok());
+    }
+
+    /// Waits up to `timeout` for every guard to be dropped. On success the drain is committed,
+    /// as with [`commit`](Self::commit).
+    ///
+    /// # Errors
+    ///
+    /// On timeout, gives the `PendingDrain` back: the drainable stays closed, and the caller
+    /// may wait again, [`undo`](Self::undo), or ask how many guards are
+    /// [`outstanding`](Self::outstanding).
+    ///
+    /// ```
+    /// use drainable::Drainable;
+    /// use std::time::Duration;
+    ///
+    /// let d = Drainable::new(());
+    /// let g = d.try_acquire().unwrap();
+    /// let pending = d.prepare_drain().commit_timeout(Duration::ZERO).unwrap_err();
+    /// assert_eq!(pending.outstanding(), 1);
+    /// drop(g);
+    /// pending.commit_timeout(Duration::from_secs(10)).unwrap();
+    /// assert!(d.is_drained());
+    /// ```
+    pub fn commit_timeout(self, timeout: Duration) -> Result<(), PendingDrain<'a, T>> {
+        let deadline = Instant::now().checked_add(timeout);
+        match state::wait_drained(&self.drainable.state, Hold::Pending, deadline) {
+            Ok(()) => {
+                std::mem::forget(self);
+                Ok(())
+            }
+            Err(_) => Err(self),
+        }
+    }
+
+    /// Reopens the drainable, unless another [`PendingDrain`] or an irreversible drain still
+    /// holds it closed. Returns `true` if this reopened it.
+    ///
+    /// ```
+    /// let d = drainable::Drainable::new(());
+    /// let p = d.prepare_drain();
+    /// assert!(p.undo());
+    /// assert!(d.is_open());
+    /// ```
+    pub fn undo(self) -> bool {
+        let this = std::mem::ManuallyDrop::new(self);
+        state::undo_pending(&this.drainable.state)
+    }
+
+    /// Guards still outstanding (a snapshot).
+    ///
+    /// ```
+    /// let d = drainable::Drainable::new(());
+    /// let g = d.try_acquire();
+    /// let p = d.prepare_drain();
+    /// assert_eq!(p.outstanding(), 1);
+    /// # drop((g, p));
+    /// ```
+    pub fn outstanding(&self) -> usize {
+        self.drainable.outstanding()
+    }
+
+    /// The drainable being drained.
+    ///
+    /// ```
+    /// let d = drainable::Drainable::new(9);
+    /// let p = d.prepare_drain();
+    /// assert!(std::ptr::eq(p.drainable(), &d));
+    /// ```
+    pub fn drainable(&self) -> &'a Drainable<T> {
+        self.drainable
+    }
+}
+
+impl<T: ?Sized> Drop for PendingDrain<'_, T> {
+    fn drop(&mut self) {
+        state::undo_pending(&self.drainable.state);
+    }
+}
+
+impl<T: ?Sized> fmt::Debug for PendingDrain<'_, T> {
+    /// Shows the outstanding guard count.
+    ///
+    /// ```
+    /// let d = drainable::Drainable::new(());
+    /// let p = d.prepare_drain();
+    /// assert_eq!(format!("{p:?}"), "PendingDrain { outstanding: 0 }");
+    /// ```
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingDrain")
+            .field("outstanding", &self.outstanding())
+            .finish()
+    }
+}

@@ -1,0 +1,52 @@
+//! Drainable references: answer "when may I unregister this callback, unload this plugin,
+//! free this data?" by *draining*: close the object to new users, then block until every
+//! current user is gone.
+//!
+//! Readers take guards lock-free with [`Drainable::try_acquire`]; once a drain has begun they
+//! get `None` instead. [`Drainable::drain`] closes and sleeps until the last guard is dropped;
+//! after it returns no reader can still be inside, so the value may be freed at once. Where
+//! the remover cannot sleep, [`Drainable::prepare_drain`] closes reversibly and the returned
+//! [`PendingDrain`] commits (waits), times out, or undoes, as proposed on linux-kernel in 2003
+//! for module unloading and later built as Windows rundown protection and Linux `percpu_ref`.
+//!
+//! # Which type
+//!
+//! - [`Drainable<T>`]: one 32-bit counter word. Smallest (4 bytes plus `T`), `const`-
+//!   constructible for `static`s, cheapest on one thread. Readers on many cores share its
+//!   cache line.
+//!
+//! # Guarantees
+//!
+//! - **Memory ordering.** Every access made under a guard happens-before `drain()` (or a
+//!   successful `commit`) returns. Everything done before `reopen()` happens-before accesses
+//!   under guards taken after it.
+//! - **Freeing after a drain is sound.** The last guard's drop touches the drainable only with
+//!   its final decrement (then a futex wake by address), so the drainer may free the memory the
+//!   moment `drain()` returns.
+//! - **Progress.** `try_acquire` and guard drops are lock-free, one atomic read-modify-write
+//!   each on the fast path. `drain` blocks without burning CPU (short spin, then a futex) and is
+//!   starvation-free: it waits only for guards taken before it closed the drainable.
+//! - **Misuse.** Draining on a thread that holds a guard of the same drainable panics in debug
+//!   builds instead of hanging; a leaked guard is reported by the timed drains; the guard count
+//!   never wraps.
+//!
+//! See `docs/design.md` in the repository for the state machine, the word layout and each
+//! ordering.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    clippy::undocumented_unsafe_blocks
+)]
+#![doc(test(attr(deny(warnings))))]
+
+mod drainable;
+mod state;
+mod sync;
+mod track;
+
+pub use drainable::{DrainTimeoutError, Drainable, Guard, OwnedGuard, PendingDrain};
+
+#[cfg(all(test, not(drainable_loom)))]
+mod tests;

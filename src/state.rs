@@ -1,0 +1,443 @@
+//! The lifecycle word: the guard count and every lifecycle flag in one `u32`, so that each
+//! transition is a single atomic read-modify-write and every transition is totally ordered
+//! with every acquisition and release (no Dekker handshake, no second word to keep in step).
+//! It is also the futex word the drainers sleep on.
+//!
+//! # Layout
+//!
+//! ```text
+//!  31                     7 6      3   2         1           0
+//! +------------------------+--------+---------+-----------+---------+
+//! |      guard count       | pending| DRAINED | COMMITTED | WAITING |
+//! +------------------------+--------+---------+-----------+---------+
+//! ```
+//!
+//! - `WAITING`: a drainer is asleep (or about to sleep) on the word; the release that takes the
+//!   count to zero must wake it.
+//! - `COMMITTED`: an irreversible drain ([`drain`](crate::Drainable::drain) or a successful
+//!   commit) closed the word. Only [`reopen`](crate::Drainable::reopen) clears it.
+//! - `DRAINED`: a drainer saw the count at zero while the word was committed. Set once per
+//!   close; cleared by `reopen`.
+//! - pending: the number of live reversible closes (`PendingDrain`s and timed drains in
+//!   flight), 0 to [`MAX_PENDING`].
+//! - guard count: guards outstanding, plus, for an instant, acquisitions that lost a race with
+//!   a close and are backing out.
+//!
+//! The word is *closed* (acquisitions fail) while `COMMITTED` is set or pending is non-zero.
+//!
+//! # Orderings
+//!
+//! Pairs, named by the two sides:
+//! - **release → drainer**: a guard's decrement is `Release`; the drainer's loads are `Acquire`.
+//!   Every later operation on the word is a read-modify-write, which continues the release
+//!   sequence, so the drainer's `Acquire` read of a zero count synchronises with *every* earlier
+//!   release, even when another drainer's RMW sits between them. The word is never written with a
+//!   plain store after construction, which is what keeps those release sequences unbroken.
+//! - **open → acquirer**: `reopen` and the `undo` that reopens are `Release`; a successful
+//!   acquisition is `Acquire`, so whatever the opener did before reopening is visible under the
+//!   new guards.
+//! - Closing needs no fence against acquirers: both are RMWs on this one word, so an acquirer's
+//!   increment is either before the close (and the drainer waits for it) or after (and the
+//!   acquirer sees the closed bits in the value its own RMW returned, and backs out).
+
+use crate::sync::{self, AtomicU32, Ordering};
+use std::time::Instant;
+
+pub(crate) const WAITING: u32 = 1 << 0;
+pub(crate) const COMMITTED: u32 = 1 << 1;
+pub(crate) const DRAINED: u32 = 1 << 2;
+const PENDING_SHIFT: u32 = 3;
+pub(crate) const PENDING_ONE: u32 = 1 << PENDING_SHIFT;
+const PENDING_MASK: u32 = 0b1111 << PENDING_SHIFT;
+/// The most reversible closes that may be live on one drainable at once.
+pub(crate) const MAX_PENDING: u32 = PENDING_MASK >> PENDING_SHIFT;
+const COUNT_SHIFT: u32 = 7;
+/// One guard in the count field.
+pub(crate) const ONE: u32 = 1 << COUNT_SHIFT;
+const COUNT_MASK: u32 = !(ONE - 1);
+/// The bits whose being set means "closed to new guards".
+pub(crate) const CLOSED_MASK: u32 = COMMITTED | PENDING_MASK;
+/// The most guards one drainable can have outstanding. The count field holds 2^25 - 1; the
+/// 65,536 values above the limit absorb acquisitions that raced past the limit check and are
+/// backing out (one per thread at most), so the count can never wrap into a false zero.
+pub(crate) const MAX_GUARDS: u32 = (COUNT_MASK >> COUNT_SHIFT) - (1 << 16);
+/// Word values at or above this one mean the count is at the limit.
+const LIMIT_WORD: u32 = MAX_GUARDS << COUNT_SHIFT;
+
+/// Number of guards recorded in a word value.
+#[inline]
+pub(crate) const fn count(word: u32) -> u32 {
+    word >> COUNT_SHIFT
+}
+
+/// Number of live reversible closes recorded in a word value.
+#[inline]
+pub(crate) const fn pending(word: u32) -> u32 {
+    (word & PENDING_MASK) >> PENDING_SHIFT
+}
+
+/// Whether a word value refuses new guards.
+#[inline]
+pub(crate) const fn is_closed(word: u32) -> bool {
+    word & CLOSED_MASK != 0
+}
+
+/// The lifecycle as a user sees it, decoded from one word value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Guards can be taken.
+    Open,
+    /// Closed by reversible drains only (`prepare_drain`, a timed drain in flight).
+    Pending,
+    /// Closed by an irreversible drain that has not yet seen the count reach zero.
+    Closing,
+    /// Closed and drained: no guard exists until `reopen`.
+    Drained,
+}
+
+#[inline]
+pub(crate) const fn phase(word: u32) -> Phase {
+    if word & DRAINED != 0 {
+        Phase::Drained
+    } else if word & COMMITTED != 0 {
+        Phase::Closing
+    } else if word & PENDING_MASK != 0 {
+        Phase::Pending
+    } else {
+        Phase::Open
+    }
+}
+
+/// What a waiter holds while it waits, which decides how it finishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hold {
+    /// The waiter set `COMMITTED` (a plain `drain`).
+    Committed,
+    /// The waiter holds one pending close (a `PendingDrain`); on success it trades it for
+    /// `COMMITTED`, on timeout it keeps it.
+    Pending,
+}
+
+sync::const_fn! {
+    /// A fresh, open word with no guards.
+    pub(crate) const fn new_word() -> AtomicU32 {
+        AtomicU32::new(0)
+    }
+}
+
+/// The outcome of an acquisition attempt that did not simply succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    Closed,
+    Overflow,
+}
+
+/// Takes one guard count, or refuses because the word is closed.
+///
+/// Lock-free, one RMW. The `Relaxed` pre-check keeps a closed word from being written at all
+/// by failing acquirers, which bounds the backing-out traffic a drainer can see to one
+/// increment per thread that read "open" before the close: that is what makes the drain
+/// starvation-free under a storm of acquirers.
+#[inline]
+pub(crate) fn try_acquire(word: &AtomicU32) -> Result<(), Refused> {
+    // Relaxed: only a hint; the RMW below decides.
+    if is_closed(word.load(Ordering::Relaxed)) {
+        return Err(Refused::Closed);
+    }
+    // Acquire: pairs with the Release of `reopen`/`undo` (open → acquirer).
+    let old = word.fetch_add(ONE, Ordering::Acquire);
+    if is_closed(old) || old >= LIMIT_WORD {
+        return Err(back_out(word, old));
+    }
+    Ok(())
+}
+
+#[cold]
+#[inline(never)]
+fn back_out(word: &AtomicU32, old: u32) -> Refused {
+    // SAFETY: this thread added the count being removed, and the `&AtomicU32` keeps the word
+    // alive for the whole call.
+    unsafe { release(word) };
+    if is_closed(old) {
+        Refused::Closed
+    } else {
+        Refused::Overflow
+    }
+}
+
+/// Gives back one guard count and wakes the drainers if it was the last one they wait for.
+///
+/// Takes a raw pointer so that no reference to the word (or to the object around it) is held
+/// across the decrement: the moment the count reaches zero a drainer may return and free the
+/// object, so the decrement is this function's last access to it. The wake afterwards uses
+/// the address only as a futex key.
+///
+/// # Safety
+/// `word` points to a live lifecycle word on which the caller owns one guard count.
+#[inline]
+pub(crate) unsafe fn release(word: *const AtomicU32) {
+    // Release: publishes everything done under the guard to the drainer (release → drainer).
+    // SAFETY: the caller's guard count keeps the word alive until this decrement lands.
+    let prev = unsafe { (*word).fetch_sub(ONE, Ordering::Release) };
+    if prev & (COUNT_MASK | WAITING) == ONE | WAITING {
+        wake(word);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn wake(word: *const AtomicU32) {
+    sync::wake_all(word);
+}
+
+/// Closes irreversibly (sets `COMMITTED`); returns the word value after the close.
+pub(crate) fn close_committed(word: &AtomicU32) -> u32 {
+    // Acquire: if the count is already zero, this RMW is the drainer's read of it
+    // (release → drainer).
+    word.fetch_or(COMMITTED, Ordering::Acquire) | COMMITTED
+}
+
+/// Adds one reversible close. Returns the new word value.
+///
+/// # Panics
+/// When [`MAX_PENDING`] reversible closes are already live.
+pub(crate) fn add_pending(word: &AtomicU32) -> u32 {
+    // Acquire: as in `close_committed`.
+    let mut cur = word.load(Ordering::Relaxed);
+    loop {
+        assert!(
+            pending(cur) < MAX_PENDING,
+            "drainable: more than {MAX_PENDING} reversible drains (prepare_drain / drain_timeout) \
+             in flight on one Drainable at once"
+        );
+        match word.compare_exchange_weak(
+            cur,
+            cur + PENDING_ONE,
+            Ordering::Acquire,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => return cur + PENDING_ONE,
+            Err(actual) => cur = actual,
+        }
+    }
+}
+
+/// Removes one reversible close; reopens if it was the last close of any kind.
+/// Returns `true` if this reopened the word.
+pub(crate) fn undo_pending(word: &AtomicU32) -> bool {
+    // Release: opens the word to new guards (open → acquirer).
+    let prev = word.fetch_sub(PENDING_ONE, Ordering::Release);
+    debug_assert!(pending(prev) > 0, "undo without a pending close");
+    !is_closed(prev - PENDING_ONE)
+}
+
+/// Drained → Open. Refuses (returns `false`) in every other phase and while a `PendingDrain`
+/// is still live (its owner expects the word to stay closed).
+pub(crate) fn reopen(word: &AtomicU32) -> bool {
+    let mut cur = word.load(Ordering::Relaxed);
+    loop {
+        if cur & DRAINED == 0 || pending(cur) != 0 {
+            return false;
+        }
+        // The count may be non-zero for an instant (acquirers backing out); it is kept, and
+        // their decrements land on the open word, where they belong.
+        let new = cur & !(COMMITTED | DRAINED | WAITING);
+        // Release: opens the word to new guards (open → acquirer).
+        match word.compare_exchange_weak(cur, new, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => return true,
+            Err(actual) => cur = actual,
+        }
+    }
+}
+
+/// Blocks until the word is drained, or until `deadline`.
+///
+/// The word must be closed by the caller's `hold`. Spins [`sync::SPIN_LIMIT`] times, then sets
+/// `WAITING` and sleeps on the futex until the release that takes the count to zero wakes it.
+/// On success the word is `COMMITTED | DRAINED` and a `Hold::Pending` has been given back. On
+/// timeout returns `Err(outstanding)` and the hold is still in place.
+pub(crate) fn wait_drained(
+    word: &AtomicU32,
+    hold: Hold,
+    deadline: Option<Instant>,
+) -> Result<(), u32> {
+    let mut spins = sync::SPIN_LIMIT;
+    let mut timed_out = false;
+    // Acquire: release → drainer.
+    let mut cur = word.load(Ordering::Acquire);
+    loop {
+        // A committed waiter is done once the word was drained after its close. An open word
+        // means someone reopened it, which needs DRAINED, which was set after our close.
+        if hold == Hold::Committed && (cur & DRAINED != 0 || !is_closed(cur)) {
+            return Ok(());
+        }
+        if cur & DRAINED != 0 || count(cur) == 0 {
+            let mut new = cur | COMMITTED | DRAINED;
+            if count(cur) == 0 {
+                // Nobody is left to wake anybody; later backing-out acquirers need not wake.
+                new &= !WAITING;
+            }
+            if hold == Hold::Pending {
+                new -= PENDING_ONE;
+            }
+            // AcqRel: Acquire for release → drainer; Release so a drainer that reads DRAINED
+            // from this value also synchronises with the releases this one saw.
+            match word.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok(()),
+                Err(actual) => {
+                    cur = actual;
+                    continue;
+                }
+            }
+        }
+        if timed_out {
+            return Err(count(cur));
+        }
+        if spins > 0 {
+            spins -= 1;
+            sync::spin_hint();
+            cur = word.load(Ordering::Acquire);
+            continue;
+        }
+        if cur & WAITING == 0 {
+            match word.compare_exchange_weak(
+                cur,
+                cur | WAITING,
+                Ordering::Acquire,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => cur |= WAITING,
+                Err(actual) => {
+                    cur = actual;
+                    continue;
+                }
+            }
+        }
+        // Sleeps only while the word still holds exactly `cur`: a release that lands between
+        // our read and the sleep changes the value and the kernel refuses to sleep.
+        match deadline {
+            None => sync::wait(word, cur),
+            Some(deadline) => timed_out = sync::wait_until(word, cur, deadline),
+        }
+        cur = word.load(Ordering::Acquire);
+    }
+}
+
+#[cfg(all(test, not(drainable_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_constants_do_not_overlap() {
+        let flags = [WAITING, COMMITTED, DRAINED];
+        for (i, a) in flags.iter().enumerate() {
+            for b in &flags[i + 1..] {
+                assert_eq!(a & b, 0);
+            }
+            assert_eq!(a & PENDING_MASK, 0);
+            assert_eq!(a & COUNT_MASK, 0);
+        }
+        assert_eq!(PENDING_MASK & COUNT_MASK, 0);
+        assert_eq!(WAITING | COMMITTED | DRAINED | PENDING_MASK | COUNT_MASK, u32::MAX);
+        assert_eq!(MAX_PENDING, 15);
+        assert_eq!(count(ONE * 5 + COMMITTED), 5);
+    }
+
+    #[test]
+    fn phase_decoding() {
+        assert_eq!(phase(0), Phase::Open);
+        assert_eq!(phase(ONE * 3), Phase::Open);
+        assert_eq!(phase(PENDING_ONE), Phase::Pending);
+        assert_eq!(phase(COMMITTED | ONE), Phase::Closing);
+        assert_eq!(phase(COMMITTED | DRAINED | PENDING_ONE), Phase::Drained);
+    }
+
+    #[test]
+    fn acquire_release_and_close() {
+        let w = new_word();
+        assert_eq!(try_acquire(&w), Ok(()));
+        assert_eq!(count(w.load(Ordering::Relaxed)), 1);
+        close_committed(&w);
+        assert_eq!(try_acquire(&w), Err(Refused::Closed));
+        // SAFETY: the count taken above.
+        unsafe { release(&w) };
+        assert_eq!(wait_drained(&w, Hold::Committed, None), Ok(()));
+        assert_eq!(phase(w.load(Ordering::Relaxed)), Phase::Drained);
+        assert!(reopen(&w));
+        assert_eq!(w.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_racing_acquirer_backs_out_without_leaving_a_count() {
+        let w = new_word();
+        // Simulate the race: the pre-check read "open", then a close landed.
+        w.fetch_or(COMMITTED, Ordering::Relaxed);
+        let old = w.fetch_add(ONE, Ordering::Acquire);
+        assert_eq!(back_out(&w, old), Refused::Closed);
+        assert_eq!(count(w.load(Ordering::Relaxed)), 0);
+    }
+
+    #[test]
+    fn overflow_is_refused_and_never_wraps() {
+        let w = AtomicU32::new(LIMIT_WORD - ONE);
+        assert_eq!(try_acquire(&w), Ok(()));
+        assert_eq!(try_acquire(&w), Err(Refused::Overflow));
+        assert_eq!(count(w.load(Ordering::Relaxed)), MAX_GUARDS);
+    }
+
+    #[test]
+    fn timed_wait_reports_outstanding_and_keeps_the_hold() {
+        let w = new_word();
+        try_acquire(&w).unwrap();
+        try_acquire(&w).unwrap();
+        add_pending(&w);
+        let r = wait_drained(&w, Hold::Pending, Some(Instant::now()));
+        assert_eq!(r, Err(2));
+        assert_eq!(pending(w.load(Ordering::Relaxed)), 1);
+        assert!(undo_pending(&w));
+    }
+
+    #[test]
+    fn pending_holds_stack_and_the_last_undo_reopens() {
+        let w = new_word();
+        add_pending(&w);
+        add_pending(&w);
+        assert!(!undo_pending(&w));
+        assert!(is_closed(w.load(Ordering::Relaxed)));
+        assert!(undo_pending(&w));
+        assert!(!is_closed(w.load(Ordering::Relaxed)));
+    }
+
+    #[test]
+    #[should_panic(expected = "reversible drains")]
+    fn too_many_pending_holds_panic() {
+        let w = new_word();
+        for _ in 0..=MAX_PENDING {
+            add_pending(&w);
+        }
+    }
+
+    #[test]
+    fn undo_does_not_reopen_a_committed_word() {
+        let w = new_word();
+        add_pending(&w);
+        close_committed(&w);
+        assert!(!undo_pending(&w));
+        assert!(is_closed(w.load(Ordering::Relaxed)));
+    }
+
+    #[test]
+    fn reopen_refuses_while_guards_or_pending_drains_remain() {
+        let w = new_word();
+        try_acquire(&w).unwrap();
+        close_committed(&w);
+        assert!(!reopen(&w), "closing, a guard remains");
+        // SAFETY: the count taken above.
+        unsafe { release(&w) };
+        add_pending(&w);
+        wait_drained(&w, Hold::Committed, None).unwrap();
+        assert!(!reopen(&w), "a PendingDrain is still live");
+        assert!(!undo_pending(&w));
+        assert!(reopen(&w));
+    }
+}

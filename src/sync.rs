@@ -1,0 +1,217 @@
+//! The one place that names the platform: atomics, fences, the futex wait and wake, and the
+//! spin hint. Under `--cfg drainable_loom` every item is swapped for a loom model, so the
+//! rest of the crate is written once and model-checked as it is.
+//!
+//! Nothing outside this module names `std::sync::atomic`, `loom`, `libc` or `atomic-wait`.
+
+#[cfg(not(drainable_loom))]
+pub(crate) use std::sync::atomic::{AtomicU32, Ordering};
+
+#[cfg(drainable_loom)]
+pub(crate) use loom::sync::atomic::{AtomicU32, Ordering};
+
+/// How many times a waiter re-reads the word before it goes to sleep. A guard is usually held
+/// for nanoseconds, so a short spin often saves the two system calls of a sleep and a wake.
+/// Under loom the spin is pointless (every read is an explored interleaving), and under Miri
+/// it only slows the interpreter down.
+#[cfg(not(any(drainable_loom, miri)))]
+pub(crate) const SPIN_LIMIT: u32 = 100;
+#[cfg(any(drainable_loom, miri))]
+pub(crate) const SPIN_LIMIT: u32 = 0;
+
+/// A hint that this thread is spinning on a word another thread will change.
+#[inline]
+pub(crate) fn spin_hint() {
+    #[cfg(not(drainable_loom))]
+    std::hint::spin_loop();
+    #[cfg(drainable_loom)]
+    loom::thread::yield_now();
+}
+
+/// Declares a `const fn` that loses its `const` under loom, whose atomics have no `const`
+/// constructor. Real builds keep `Drainable::new` usable in a `static`.
+macro_rules! const_fn {
+    ($(#[$attr:meta])* $vis:vis const fn $($rest:tt)*) => {
+        #[cfg(not(drainable_loom))]
+        $(#[$attr])* $vis const fn $($rest)*
+        #[cfg(drainable_loom)]
+        $(#[$attr])* $vis fn $($rest)*
+    };
+}
+pub(crate) use const_fn;
+
+pub(crate) use futex::{wait, wait_until, wake_all};
+
+/// Futex waits on the real platforms.
+#[cfg(not(drainable_loom))]
+mod futex {
+    use super::AtomicU32;
+    use std::time::Instant;
+
+    /// Sleeps while `*word == expected`, until a [`wake_all`] on the same address. May return
+    /// spuriously: callers re-check their condition.
+    #[inline]
+    pub(crate) fn wait(word: &AtomicU32, expected: u32) {
+        atomic_wait::wait(word, expected);
+    }
+
+    /// Wakes every thread sleeping in [`wait`] or [`wait_until`] on `word`.
+    ///
+    /// Takes a raw pointer on purpose: the releaser that completes a drain calls this after its
+    /// decrement, when the drainer may already have freed the word. A futex wake only uses the
+    /// address as a key and never dereferences it, so a dangling pointer is fine.
+    #[inline]
+    pub(crate) fn wake_all(word: *const AtomicU32) {
+        atomic_wait::wake_all(word);
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        super::parking::unpark_all(word);
+    }
+
+    /// Like [`wait`], but gives up at `deadline`. Returns `true` when the deadline has passed.
+    pub(crate) fn wait_until(word: &AtomicU32, expected: u32, deadline: Instant) -> bool {
+        let now = Instant::now();
+        if now >= deadline {
+            return true;
+        }
+        timed_wait(word, expected, deadline - now);
+        Instant::now() >= deadline
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn timed_wait(word: &AtomicU32, expected: u32, timeout: std::time::Duration) {
+        // A relative timeout; values past the range of `time_t` are clamped (years away).
+        let ts = libc::timespec {
+            tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+            tv_nsec: timeout.subsec_nanos().into(),
+        };
+        // SAFETY: FUTEX_WAIT reads the u32 behind `word`, which the reference keeps alive for
+        // the call, and the timespec, which lives on this stack frame. The private flag matches
+        // the one `atomic-wait` uses, so its `wake_all` reaches this waiter. Every error
+        // (EAGAIN: the value changed, EINTR, ETIMEDOUT) just returns to the caller's re-check.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                word as *const AtomicU32,
+                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                expected,
+                &ts as *const libc::timespec,
+            );
+        }
+    }
+
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    fn timed_wait(word: &AtomicU32, expected: u32, timeout: std::time::Duration) {
+        super::parking::park_timeout(word, expected, timeout);
+    }
+}
+
+/// A portable timed wait for platforms where `atomic-wait` has no timeout (its issue #4: macOS
+/// has no public timed futex). Waiters register in a process-wide table under a lock; the
+/// waker takes the same lock after its decrement, so a waiter either sees the new value or is
+/// in the table when the waker looks. Only the cold paths (a timed drain, the final wake) use it.
+#[cfg(not(drainable_loom))]
+#[cfg_attr(any(target_os = "linux", target_os = "android"), allow(dead_code))]
+mod parking {
+    use super::{AtomicU32, Ordering};
+    use std::sync::Mutex;
+    use std::thread::{self, Thread};
+    use std::time::Duration;
+
+    static PARKED: Mutex<Vec<(usize, Thread)>> = Mutex::new(Vec::new());
+
+    fn table() -> std::sync::MutexGuard<'static, Vec<(usize, Thread)>> {
+        // A panic while holding this lock cannot leave the table inconsistent (push/retain).
+        PARKED.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn park_timeout(word: &AtomicU32, expected: u32, timeout: Duration) {
+        let key = word as *const AtomicU32 as usize;
+        {
+            let mut t = table();
+            // Relaxed: the table lock orders this load after any waker's decrement.
+            if word.load(Ordering::Relaxed) != expected {
+                return;
+            }
+            t.push((key, thread::current()));
+        }
+        thread::park_timeout(timeout);
+        let me = thread::current().id();
+        table().retain(|(k, th)| !(*k == key && th.id() == me));
+    }
+
+    pub(crate) fn unpark_all(word: *const AtomicU32) {
+        let key = word as usize;
+        let t = table();
+        for (_, th) in t.iter().filter(|(k, _)| *k == key) {
+            th.unpark();
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use std::sync::Arc;
+        use std::time::Instant;
+
+        #[test]
+        fn times_out_when_nobody_wakes() {
+            let w = AtomicU32::new(7);
+            let start = Instant::now();
+            park_timeout(&w, 7, Duration::from_millis(5));
+            assert!(start.elapsed() >= Duration::from_millis(5) || cfg!(miri));
+        }
+
+        #[test]
+        fn returns_at_once_when_the_value_differs() {
+            let w = AtomicU32::new(1);
+            park_timeout(&w, 2, Duration::from_secs(3600));
+        }
+
+        #[test]
+        fn unpark_wakes_a_parked_waiter() {
+            let w = Arc::new(AtomicU32::new(0));
+            let w2 = Arc::clone(&w);
+            let t = thread::spawn(move || {
+                while w2.load(Ordering::Acquire) == 0 {
+                    park_timeout(&w2, 0, Duration::from_secs(3600));
+                }
+            });
+            w.store(1, Ordering::Release);
+            unpark_all(&*w);
+            t.join().unwrap();
+        }
+    }
+}
+
+/// loom has no futex. A waiter sleeps on one model-wide condition variable after checking the
+/// word under its mutex; a waker takes the mutex after its decrement and notifies everyone.
+/// That keeps the futex's no-lost-wake-up property, so a missing wake is a loom deadlock.
+#[cfg(drainable_loom)]
+mod futex {
+    use super::{AtomicU32, Ordering};
+    use loom::sync::{Condvar, Mutex};
+    use std::time::Instant;
+
+    loom::lazy_static! {
+        static ref LOCK: Mutex<()> = Mutex::new(());
+        static ref COND: Condvar = Condvar::new();
+    }
+
+    pub(crate) fn wait(word: &AtomicU32, expected: u32) {
+        let guard = LOCK.lock().unwrap();
+        // Relaxed: the mutex orders this load after any waker's decrement.
+        if word.load(Ordering::Relaxed) == expected {
+            drop(COND.wait(guard).unwrap());
+        }
+    }
+
+    pub(crate) fn wake_all(_word: *const AtomicU32) {
+        let _guard = LOCK.lock().unwrap();
+        COND.notify_all();
+    }
+
+    /// loom has no time: a timed wait is modelled as "the deadline passed at once".
+    pub(crate) fn wait_until(_word: &AtomicU32, _expected: u32, _deadline: Instant) -> bool {
+        true
+    }
+}
