@@ -50,3 +50,8 @@ pub use drainable::{DrainTimeoutError, Drainable, Guard, OwnedGuard, PendingDrai
 
 #[cfg(all(test, not(drainable_loom)))]
 mod tests;
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -338,7 +338,10 @@ mod tests {
             assert_eq!(a & COUNT_MASK, 0);
         }
         assert_eq!(PENDING_MASK & COUNT_MASK, 0);
-        assert_eq!(WAITING | COMMITTED | DRAINED | PENDING_MASK | COUNT_MASK, u32::MAX);
+        assert_eq!(
+            WAITING | COMMITTED | DRAINED | PENDING_MASK | COUNT_MASK,
+            u32::MAX
+        );
         assert_eq!(MAX_PENDING, 15);
         assert_eq!(count(ONE * 5 + COMMITTED), 5);
     }

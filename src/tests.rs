@@ -34,7 +34,10 @@ fn hold_on_thread<'s, T: Sync>(s: &'s Scope<'s, '_>, d: &'s Drainable<T>) -> mps
 fn size_is_one_word() {
     assert!(std::mem::size_of::<Drainable<()>>() <= 8);
     assert_eq!(std::mem::size_of::<Drainable<()>>(), 4);
-    assert_eq!(std::mem::size_of::<Guard<'_, u64>>(), std::mem::size_of::<usize>());
+    assert_eq!(
+        std::mem::size_of::<Guard<'_, u64>>(),
+        std::mem::size_of::<usize>()
+    );
 }
 
 #[test]
@@ -169,7 +172,13 @@ fn undo_keeps_closed_for_other_pending_drains_and_commits() {
 
 fn state_of<T: std::fmt::Debug>(d: &Drainable<T>) -> String {
     let s = format!("{d:?}");
-    s.split("state: ").nth(1).unwrap().split(',').next().unwrap().to_owned()
+    s.split("state: ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_owned()
 }
 
 #[test]
@@ -177,7 +186,10 @@ fn debug_shows_each_phase() {
     let d = Drainable::new(0);
     assert_eq!(state_of(&d), "Open");
     let g = d.try_acquire().unwrap();
-    assert_eq!(format!("{d:?}"), "Drainable { state: Open, outstanding: 1, value: 0 }");
+    assert_eq!(
+        format!("{d:?}"),
+        "Drainable { state: Open, outstanding: 1, value: 0 }"
+    );
     let p = d.prepare_drain();
     assert_eq!(state_of(&d), "Pending");
     let p = p.commit_timeout(Duration::ZERO).unwrap_err();
@@ -187,7 +199,10 @@ fn debug_shows_each_phase() {
         while state_of(&d) != "Closing" {
             thread::yield_now();
         }
-        assert_eq!(format!("{d:?}"), "Drainable { state: Closing, outstanding: 1, value: 0 }");
+        assert_eq!(
+            format!("{d:?}"),
+            "Drainable { state: Closing, outstanding: 1, value: 0 }"
+        );
         drop(g);
     });
     assert_eq!(state_of(&d), "Drained");
@@ -200,7 +215,10 @@ fn drain_timeout_reopens_and_reports() {
     let g2 = d.try_acquire().unwrap();
     let e = d.drain_timeout(Duration::from_millis(2)).unwrap_err();
     assert_eq!(e.outstanding(), 2);
-    assert_eq!(e.to_string(), "drain timed out with 2 guard(s) still outstanding");
+    assert_eq!(
+        e.to_string(),
+        "drain timed out with 2 guard(s) still outstanding"
+    );
     assert!(d.is_open());
     drop((g1, g2));
     d.drain_timeout(Duration::from_secs(60)).unwrap();
@@ -292,7 +310,11 @@ fn value_is_dropped_exactly_once() {
     let d = Arc::new(Drainable::new(Counted(&drops)));
     let g = d.try_acquire_owned().unwrap();
     drop(d);
-    assert_eq!(drops.load(Ordering::Relaxed), 1, "the owned guard keeps it alive");
+    assert_eq!(
+        drops.load(Ordering::Relaxed),
+        1,
+        "the owned guard keeps it alive"
+    );
     drop(g);
     assert_eq!(drops.load(Ordering::Relaxed), 2);
 }
