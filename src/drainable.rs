@@ -321,13 +321,23 @@ impl<T: ?Sized> Drainable<T> {
     /// assert!(d.is_drained());
     /// ```
     pub fn drain_timeout(&self, timeout: Duration) -> Result<(), DrainTimeoutError> {
-        self.prepare_drain()
-            .commit_timeout(timeout)
-            .map_err(|pending| {
-                let outstanding = pending.outstanding();
+        let pending = self.prepare_drain();
+        let deadline = Instant::now().checked_add(timeout);
+        match state::wait_drained(&self.state, Hold::Pending, deadline) {
+            Ok(()) => {
+                // The wait gave the pending close back when it committed.
+                std::mem::forget(pending);
+                Ok(())
+            }
+            Err(outstanding) => {
+                // Report the count the wait saw at the deadline (at least 1): a re-read could
+                // see a guard dropped a moment later and claim "0 outstanding" (found by loom).
                 pending.undo();
-                DrainTimeoutError { outstanding }
-            })
+                Err(DrainTimeoutError {
+                    outstanding: outstanding as usize,
+                })
+            }
+        }
     }
 
     /// The seed's `prepare_deregister`: closes to new guards at once, reversibly, without

@@ -1,1 +1,206 @@
+//! The harness shared by the model tests in `tests/`: one facade over loom and `std`, so that
+//! each scenario is written once and runs two ways.
+//!
+//! - Under `--cfg drainable_loom` (which also swaps the library's atomics and futex for loom's
+//!   models), [`model`] explores every interleaving of the scenario up to a preemption bound,
+//!   [`thread`] and [`atomic`] are loom's, and [`Cell`] is a `loom::cell::UnsafeCell`: an access
+//!   made under a guard that does not *happen before* the drainer's access after `drain()`
+//!   returns is reported by loom as a data race. That is how use-after-drain is detected.
+//! - Otherwise [`model`] runs the scenario a few hundred times on real threads (a smoke test,
+//!   and a Miri target), and [`Cell`] is a plain unchecked cell.
+//!
+//! ```text
+//! cargo test -p drainable-loom-tests
+//! RUSTFLAGS="--cfg drainable_loom" LOOM_MAX_PREEMPTIONS=3 \
+//!     cargo test -p drainable-loom-tests --release --target-dir target/loom
+//! ```
+//!
+//! To replay a failure under loom, add `LOOM_LOG=trace LOOM_LOCATION=1` (and
+//! `-- --exact <test>` to run only the failing scenario).
 
+#[cfg(drainable_loom)]
+pub use loom::sync::atomic;
+#[cfg(drainable_loom)]
+pub use loom::thread;
+#[cfg(not(drainable_loom))]
+pub use std::sync::atomic;
+#[cfg(not(drainable_loom))]
+pub use std::thread;
+
+/// Spawns a thread ([`thread::spawn`]) that takes `value` over, e.g. a guard to release there.
+///
+/// If the model fails before the thread first runs, loom drops the unstarted closure outside
+/// the model, and a guard's release (a loom atomic) would then panic inside that drop and abort
+/// the whole test binary, hiding the first failure. So the value travels in a `ManuallyDrop`
+/// and is leaked in that case; the thread body takes it out first thing.
+pub fn spawn_with<V, R>(value: V, f: impl FnOnce(V) -> R + Send + 'static) -> thread::JoinHandle<R>
+where
+    V: Send + 'static,
+    R: Send + 'static,
+{
+    let value = std::mem::ManuallyDrop::new(value);
+    thread::spawn(move || f(std::mem::ManuallyDrop::into_inner(value)))
+}
+
+/// The preemption bound used when `LOOM_MAX_PREEMPTIONS` is not set.
+pub const DEFAULT_MAX_PREEMPTIONS: usize = 3;
+
+/// How many times a scenario runs on real threads.
+#[cfg(not(drainable_loom))]
+pub const ITERATIONS: usize = if cfg!(miri) { 4 } else { 200 };
+
+/// Runs one scenario: exhaustively under loom, repeatedly on real threads otherwise.
+///
+/// Under loom the preemption bound comes from `LOOM_MAX_PREEMPTIONS` (default
+/// [`DEFAULT_MAX_PREEMPTIONS`]); `LOOM_LOG`, `LOOM_LOCATION`, `LOOM_CHECKPOINT_FILE` and the
+/// other `LOOM_*` variables work as documented by loom. A failing scenario is named on stderr
+/// with the settings to replay it.
+pub fn model(f: impl Fn() + Sync + Send + 'static) {
+    let scenario = std::thread::current()
+        .name()
+        .unwrap_or("<unnamed scenario>")
+        .to_owned();
+    let report = Report::start(scenario);
+    run(f);
+    report.finish();
+}
+
+#[cfg(drainable_loom)]
+fn run(f: impl Fn() + Sync + Send + 'static) {
+    static DEFAULT_BOUND: std::sync::Once = std::sync::Once::new();
+    // `loom::model` (unlike a bare `Builder`) installs the `LOOM_LOG` tracing output, but takes
+    // its bound only from the environment: supply the default there, once, before any model
+    // starts. std serialises `set_var` with every `std::env::var`, which is how loom reads it.
+    DEFAULT_BOUND.call_once(|| {
+        if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
+            std::env::set_var("LOOM_MAX_PREEMPTIONS", DEFAULT_MAX_PREEMPTIONS.to_string());
+        }
+    });
+    loom::model(f);
+}
+
+#[cfg(not(drainable_loom))]
+fn run(f: impl Fn() + Sync + Send + 'static) {
+    for _ in 0..ITERATIONS {
+        f();
+    }
+}
+
+/// Names the scenario on stderr when it fails (and its run time when it passes, visible with
+/// `--nocapture`).
+struct Report {
+    scenario: String,
+    start: std::time::Instant,
+}
+
+impl Report {
+    fn start(scenario: String) -> Self {
+        Report {
+            scenario,
+            start: std::time::Instant::now(),
+        }
+    }
+
+    fn finish(self) {
+        eprintln!(
+            "scenario `{}` passed in {:.2?} ({})",
+            self.scenario,
+            self.start.elapsed(),
+            mode()
+        );
+    }
+}
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        eprintln!(
+            "scenario `{}` FAILED after {:.2?} ({}). Under loom, replay it with \
+             LOOM_LOG=trace LOOM_LOCATION=1 and `-- --exact {}`.",
+            self.scenario,
+            self.start.elapsed(),
+            mode(),
+            self.scenario
+        );
+    }
+}
+
+#[cfg(drainable_loom)]
+fn mode() -> String {
+    let bound = std::env::var("LOOM_MAX_PREEMPTIONS")
+        .unwrap_or_else(|_| DEFAULT_MAX_PREEMPTIONS.to_string());
+    format!("loom, LOOM_MAX_PREEMPTIONS={bound}")
+}
+
+#[cfg(not(drainable_loom))]
+fn mode() -> String {
+    format!("{ITERATIONS} runs on real threads")
+}
+
+/// A canary cell with loom's `with` / `with_mut` API.
+///
+/// Under loom every access is checked: two accesses, at least one of them a write, that are not
+/// ordered by happens-before are reported as a data race. The scenarios use it for the value a
+/// guard protects: readers access it under guards, the drainer writes it after `drain()`
+/// returns, and the library's guarantee is exactly that the two never race.
+///
+/// On real threads it is a plain `UnsafeCell`: a library bug would make the scenario a data
+/// race (undefined behaviour), which is what this test crate exists to find; Miri reports it.
+#[derive(Debug)]
+pub struct Cell<T> {
+    #[cfg(drainable_loom)]
+    inner: loom::cell::UnsafeCell<T>,
+    #[cfg(not(drainable_loom))]
+    inner: std::cell::UnsafeCell<T>,
+}
+
+// SAFETY: a test double for data guarded by a drainable: all sharing goes through
+// `with`/`with_mut`, whose callers promise (and under loom, have checked) that no access races
+// with a write. `T: Send` because the value is effectively handed from thread to thread.
+unsafe impl<T: Send> Sync for Cell<T> {}
+
+impl<T> Cell<T> {
+    /// A cell holding `value`. Under loom, create it inside the model closure.
+    pub fn new(value: T) -> Self {
+        Cell {
+            inner: value.into(),
+        }
+    }
+
+    /// Runs `f` with a pointer to read the value through: a read access.
+    #[track_caller]
+    pub fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+        #[cfg(drainable_loom)]
+        return self.inner.with(f);
+        #[cfg(not(drainable_loom))]
+        return f(self.inner.get());
+    }
+
+    /// Runs `f` with a pointer to write the value through: a write access.
+    #[track_caller]
+    pub fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        #[cfg(drainable_loom)]
+        return self.inner.with_mut(f);
+        #[cfg(not(drainable_loom))]
+        return f(self.inner.get());
+    }
+}
+
+impl<T: Copy> Cell<T> {
+    /// Reads the value (a checked read access under loom).
+    #[track_caller]
+    pub fn get(&self) -> T {
+        // SAFETY: the pointer is valid for the call. That no write races with this read is the
+        // property the scenarios check (loom reports it; see the type's docs).
+        self.with(|p| unsafe { *p })
+    }
+
+    /// Overwrites the value (a checked write access under loom).
+    #[track_caller]
+    pub fn set(&self, value: T) {
+        // SAFETY: as in `get`; no access may race with this write.
+        self.with_mut(|p| unsafe { *p = value })
+    }
+}
