@@ -41,12 +41,17 @@
 )]
 #![doc(test(attr(deny(warnings))))]
 
+mod counter;
+mod cpu;
 mod drainable;
 mod state;
 mod sync;
 mod track;
 
-pub use drainable::{DrainTimeoutError, Drainable, Guard, OwnedGuard, PendingDrain};
+pub use counter::{Counter, PerCpu, Shared};
+pub use drainable::{
+    DrainTimeoutError, Drainable, DrainableWith, Guard, OwnedGuard, PendingDrain, PerCpuDrainable,
+};
 
 #[cfg(all(test, not(drainable_loom)))]
 mod tests;

@@ -114,7 +114,8 @@ pub(crate) enum Hold {
     /// The waiter set `COMMITTED` (a plain `drain`).
     Committed,
     /// The waiter holds one pending close (a `PendingDrain`); on success it trades it for
-    /// `COMMITTED`, on timeout it keeps it.
+    /// `COMMITTED` (which closes nothing new: the word stays closed throughout), on timeout it
+    /// keeps it.
     Pending,
 }
 
@@ -126,8 +127,12 @@ sync::const_fn! {
 }
 
 /// The outcome of an acquisition attempt that did not simply succeed.
+///
+/// `pub` only because the sealed counter trait names it; this module is private, so it is not
+/// reachable from outside the crate.
+#[allow(unreachable_pub)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refused {
+pub enum Refused {
     Closed,
     Overflow,
 }
@@ -190,19 +195,33 @@ fn wake(word: *const AtomicU32) {
     sync::wake_all(word);
 }
 
-/// Closes irreversibly (sets `COMMITTED`); returns the word value after the close.
-pub(crate) fn close_committed(word: &AtomicU32) -> u32 {
-    // Acquire: if the count is already zero, this RMW is the drainer's read of it
-    // (release → drainer).
-    word.fetch_or(COMMITTED, Ordering::Acquire) | COMMITTED
+/// Closes irreversibly (sets `COMMITTED`). If this closed an open word, also adds `token` to the
+/// count field (see `Counter::CLOSE_TOKEN`) and returns `true`: the caller must then run the
+/// counter's close pass.
+pub(crate) fn close_committed(word: &AtomicU32, token: u32) -> bool {
+    if token == 0 {
+        // Acquire: if the count is already zero, this RMW is the drainer's read of it
+        // (release → drainer).
+        return !is_closed(word.fetch_or(COMMITTED, Ordering::Acquire));
+    }
+    let mut cur = word.load(Ordering::Relaxed);
+    loop {
+        let closing = !is_closed(cur);
+        let new = (cur | COMMITTED) + if closing { token } else { 0 };
+        // Acquire: as above.
+        match word.compare_exchange_weak(cur, new, Ordering::Acquire, Ordering::Relaxed) {
+            Ok(_) => return closing,
+            Err(actual) => cur = actual,
+        }
+    }
 }
 
-/// Adds one reversible close. Returns the new word value.
+/// Adds one reversible close. If this closed an open word, also adds `token` to the count field
+/// and returns `true` (the caller runs the counter's close pass).
 ///
 /// # Panics
 /// When [`MAX_PENDING`] reversible closes are already live.
-pub(crate) fn add_pending(word: &AtomicU32) -> u32 {
-    // Acquire: as in `close_committed`.
+pub(crate) fn add_pending(word: &AtomicU32, token: u32) -> bool {
     let mut cur = word.load(Ordering::Relaxed);
     loop {
         assert!(
@@ -210,13 +229,11 @@ pub(crate) fn add_pending(word: &AtomicU32) -> u32 {
             "drainable: more than {MAX_PENDING} reversible drains (prepare_drain / drain_timeout) \
              in flight on one Drainable at once"
         );
-        match word.compare_exchange_weak(
-            cur,
-            cur + PENDING_ONE,
-            Ordering::Acquire,
-            Ordering::Relaxed,
-        ) {
-            Ok(_) => return cur + PENDING_ONE,
+        let closing = !is_closed(cur);
+        let new = cur + PENDING_ONE + if closing { token } else { 0 };
+        // Acquire: as in `close_committed`.
+        match word.compare_exchange_weak(cur, new, Ordering::Acquire, Ordering::Relaxed) {
+            Ok(_) => return closing,
             Err(actual) => cur = actual,
         }
     }
@@ -360,7 +377,7 @@ mod tests {
         let w = new_word();
         assert_eq!(try_acquire(&w), Ok(()));
         assert_eq!(count(w.load(Ordering::Relaxed)), 1);
-        close_committed(&w);
+        close_committed(&w, 0);
         assert_eq!(try_acquire(&w), Err(Refused::Closed));
         // SAFETY: the count taken above.
         unsafe { release(&w) };
@@ -393,7 +410,7 @@ mod tests {
         let w = new_word();
         try_acquire(&w).unwrap();
         try_acquire(&w).unwrap();
-        add_pending(&w);
+        add_pending(&w, 0);
         let r = wait_drained(&w, Hold::Pending, Some(Instant::now()));
         assert_eq!(r, Err(2));
         assert_eq!(pending(w.load(Ordering::Relaxed)), 1);
@@ -403,8 +420,8 @@ mod tests {
     #[test]
     fn pending_holds_stack_and_the_last_undo_reopens() {
         let w = new_word();
-        add_pending(&w);
-        add_pending(&w);
+        add_pending(&w, 0);
+        add_pending(&w, 0);
         assert!(!undo_pending(&w));
         assert!(is_closed(w.load(Ordering::Relaxed)));
         assert!(undo_pending(&w));
@@ -416,15 +433,15 @@ mod tests {
     fn too_many_pending_holds_panic() {
         let w = new_word();
         for _ in 0..=MAX_PENDING {
-            add_pending(&w);
+            add_pending(&w, 0);
         }
     }
 
     #[test]
     fn undo_does_not_reopen_a_committed_word() {
         let w = new_word();
-        add_pending(&w);
-        close_committed(&w);
+        add_pending(&w, 0);
+        close_committed(&w, 0);
         assert!(!undo_pending(&w));
         assert!(is_closed(w.load(Ordering::Relaxed)));
     }
@@ -433,11 +450,11 @@ mod tests {
     fn reopen_refuses_while_guards_or_pending_drains_remain() {
         let w = new_word();
         try_acquire(&w).unwrap();
-        close_committed(&w);
+        close_committed(&w, 0);
         assert!(!reopen(&w), "closing, a guard remains");
         // SAFETY: the count taken above.
         unsafe { release(&w) };
-        add_pending(&w);
+        add_pending(&w, 0);
         wait_drained(&w, Hold::Committed, None).unwrap();
         assert!(!reopen(&w), "a PendingDrain is still live");
         assert!(!undo_pending(&w));

@@ -5,10 +5,16 @@
 //! Nothing outside this module names `std::sync::atomic`, `loom`, `libc` or `atomic-wait`.
 
 #[cfg(not(drainable_loom))]
-pub(crate) use std::sync::atomic::{AtomicU32, Ordering};
+pub(crate) use std::sync::{
+    atomic::{AtomicU32, AtomicU64, Ordering},
+    Mutex, MutexGuard,
+};
 
 #[cfg(drainable_loom)]
-pub(crate) use loom::sync::atomic::{AtomicU32, Ordering};
+pub(crate) use loom::sync::{
+    atomic::{AtomicU32, AtomicU64, Ordering},
+    Mutex, MutexGuard,
+};
 
 /// How many times a waiter re-reads the word before it goes to sleep. A guard is usually held
 /// for nanoseconds, so a short spin often saves the two system calls of a sleep and a wake.
