@@ -37,8 +37,8 @@ fn main() {
     let threads: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(4);
     let millis: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(500);
 
-    // register_foo(&foo)
-    let foo = Arc::new(Drainable::new(MyData {
+    // register_foo(&hook)
+    let hook = Arc::new(Drainable::new(MyData {
         blah: AtomicU64::new(ALIVE),
     }));
     let unregistered = Arc::new(AtomicBool::new(false));
@@ -46,15 +46,15 @@ fn main() {
 
     let callers: Vec<_> = (0..threads)
         .map(|_| {
-            let (foo, unregistered, bad) = (
-                Arc::clone(&foo),
+            let (hook, unregistered, bad) = (
+                Arc::clone(&hook),
                 Arc::clone(&unregistered),
                 Arc::clone(&bad_calls),
             );
             thread::spawn(move || {
                 let (mut calls, mut refused) = (0u64, 0u64);
                 loop {
-                    match foo.try_acquire() {
+                    match hook.try_acquire() {
                         Some(data) => {
                             // A call that starts after unregister returned, or sees freed data,
                             // is exactly the oops the thread was about.
@@ -79,7 +79,7 @@ fn main() {
 
     // foo_exit(): deregister(...); kfree(my_data);
     let t = Instant::now();
-    foo.drain();
+    hook.drain();
     let drain_time = t.elapsed();
     unregistered.store(true, Ordering::SeqCst);
 
@@ -87,7 +87,7 @@ fn main() {
     for c in callers {
         calls += c.join().expect("caller panicked").0;
     }
-    let data = Arc::try_unwrap(foo)
+    let data = Arc::try_unwrap(hook)
         .ok()
         .expect("callers are gone")
         .into_inner();
