@@ -7,8 +7,9 @@
 //! - [`PerCpu`]: guards are counted in cache-line-padded per-CPU slots; a close *folds* the
 //!   slots into one central count (see the module docs of `PerCpu`).
 
+use crate::fold::Folding;
 use crate::state::{self, Refused};
-use crate::sync::{AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering};
+use crate::sync::{AtomicU32, Mutex, MutexGuard};
 use std::fmt;
 
 /// How a drainable counts its guards: [`Shared`] (one word, the default) or [`PerCpu`].
@@ -129,38 +130,21 @@ impl sealed::CounterImpl for Shared {
 
 /// The per-CPU counter of [`PerCpuDrainable<T>`](crate::PerCpuDrainable).
 ///
-/// # Algorithm
+/// Guards are counted in cache-line-padded per-CPU slots: taking one is a CAS on the current
+/// CPU's slot (uncontended in practice), dropping one a `fetch_sub` on the slot it was taken
+/// on, wherever the thread runs by then. Readers on different cores never write the same
+/// cache line. A close *folds* every slot into one central count with one read-modify-write
+/// per slot, so the drain waits for an exact count, and the drop that takes it to zero wakes
+/// the drainer. Neither side needs a fence. `docs/design.md` has the whole argument.
 ///
-/// Each slot is a 64-bit counter on its own 128-byte line (two lines: x86 prefetches pairs).
-/// Bit 63 is `FOLDED`; the rest counts guards taken on that slot and not yet given back.
-///
-/// - **Acquire**: pick the slot of the current CPU; CAS `n → n + 1` unless `FOLDED` is set
-///   (then fail). A CAS rather than a `fetch_add` so that a failed acquisition never touches a
-///   folded count: every slot count is exact at every instant. The slot is almost always
-///   uncontended (only threads on the same CPU share it), so the CAS succeeds at once.
-/// - **Release**: `fetch_sub(1)` on the slot the guard incremented (its ticket), wherever the
-///   thread runs now. If the returned value has `FOLDED`, the guard was counted by a close (see
-///   below), so it also decrements `central`; the one that takes `central` to zero gives the
-///   close's token back to the lifecycle word, waking the drainer.
-/// - **Close** (`closed`, under the control lock, after the lifecycle word was closed with one
-///   token in its count field): add `BIAS` to `central`, `fetch_or(FOLDED)` every slot, adding
-///   the counts it returns, then subtract `BIAS - sum`. Each slot's `fetch_or` is ordered with
-///   every acquisition on that slot: an acquisition before it is counted; one after it sees
-///   `FOLDED` and fails. So `central` is then the exact number of guards outstanding (plus
-///   releases in flight between their two decrements), and the bias kept it from touching zero
-///   while the fold was incomplete. Whoever takes `central` to zero gives the token back.
-/// - **Open** (`opened`, under the control lock, after the word was opened): `fetch_and(!FOLDED)`
-///   every slot; the counts returned are guards that were counted by the close and will now
-///   give back only their slot count, so subtract them from `central`.
-///
-/// No fence on either side: every handshake is a read-modify-write on the slot both sides
-/// touch. The control lock (a `Mutex`, taken only by `drain`, `prepare_drain`, `undo` and
-/// `reopen`) keeps folds and unfolds in the same order as the closes and opens of the word.
+/// `drain`, `prepare_drain`, `undo` and `reopen` take a small lock that keeps the passes over
+/// the slots in the order of the closes and opens (guards never take it).
 ///
 /// # Memory
 ///
 /// `128 × slots` bytes on the heap, `slots` being the number of CPUs rounded up to a power of
-/// two and capped at 64 (CPUs beyond share slots; correctness does not depend on it).
+/// two and capped at 64 (CPUs beyond share slots; correctness does not depend on it), plus
+/// about 48 bytes inline.
 ///
 /// ```
 /// let d = drainable::PerCpuDrainable::new(());
@@ -168,31 +152,8 @@ impl sealed::CounterImpl for Shared {
 /// assert!(slots.is_power_of_two() && slots <= 64);
 /// ```
 pub struct PerCpu {
-    central: AtomicU64,
-    slots: Box<[Slot]>,
-    mask: usize,
+    slots: Folding,
     control: Mutex<()>,
-}
-
-/// One cache-line-padded slot.
-#[repr(align(128))]
-struct Slot(AtomicU64);
-
-const FOLDED: u64 = 1 << 63;
-/// Keeps `central` above zero while a fold is incomplete. Larger than any possible count.
-const BIAS: u64 = 1 << 62;
-/// Slot values at or above this refuse (folded, or an absurd 2^62 guards on one slot).
-const SLOT_LIMIT: u64 = BIAS;
-/// At most this many slots.
-pub(crate) const MAX_SLOTS: usize = 64;
-
-fn slot_count() -> usize {
-    if cfg!(any(miri, drainable_loom)) {
-        // Two slots, so that tests exercise guards released on another slot.
-        return 2;
-    }
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    cpus.clamp(1, MAX_SLOTS).next_power_of_two()
 }
 
 impl fmt::Debug for PerCpu {
@@ -211,55 +172,21 @@ impl sealed::CounterImpl for PerCpu {
     const CLOSE_TOKEN: u32 = state::ONE;
 
     fn new_counter() -> Self {
-        let n = slot_count();
         PerCpu {
-            central: AtomicU64::new(0),
-            slots: (0..n).map(|_| Slot(AtomicU64::new(0))).collect(),
-            mask: n - 1,
+            slots: Folding::new(),
             control: Mutex::new(()),
         }
     }
 
     #[inline]
     fn try_acquire(&self, _word: &AtomicU32) -> Result<u32, Refused> {
-        let index = crate::cpu::current() & self.mask;
-        // SAFETY: `mask` is `slots.len() - 1` and the length is a power of two.
-        let slot = unsafe { &self.slots.get_unchecked(index).0 };
-        // Relaxed: the CAS below decides and carries the ordering.
-        let mut cur = slot.load(Ordering::Relaxed);
-        loop {
-            if cur >= SLOT_LIMIT {
-                return Err(refused(cur));
-            }
-            // Acquire: pairs with the Release of the unfold that opened the slot
-            // (open → acquirer).
-            match slot.compare_exchange_weak(cur, cur + 1, Ordering::Acquire, Ordering::Relaxed) {
-                Ok(_) => return Ok(index as u32),
-                Err(actual) => cur = actual,
-            }
-        }
+        self.slots.try_increment().map_err(refused)
     }
 
     #[inline]
     unsafe fn release(this: *const Self, word: *const AtomicU32, index: u32) {
-        // SAFETY: `this` is live (the caller's count keeps the drainable from draining); the
-        // slice pointer and `central`'s address are read before the decrement.
-        let (slot, central) = unsafe {
-            let slots: *const Slot = (*this).slots.as_ptr();
-            (
-                std::ptr::addr_of!((*slots.add(index as usize)).0),
-                std::ptr::addr_of!((*this).central),
-            )
-        };
-        // Release: publishes the guard's accesses to the fold's Acquire (release → drainer).
-        // SAFETY: the ticket names a slot of this drainable on which the caller owns one count.
-        let prev = unsafe { (*slot).fetch_sub(1, Ordering::Release) };
-        if prev & FOLDED != 0 {
-            // SAFETY: a close counted this guard into `central`, and the drain cannot finish
-            // before `central` reaches zero, so the drainable is still live.
-            unsafe { release_folded(central, word, 1) };
-        }
-        // Otherwise the slot decrement was the last access: a later fold will not count it.
+        // SAFETY: forwarded: `this` is live and the caller owns the count on slot `index`.
+        unsafe { Folding::decrement(std::ptr::addr_of!((*this).slots), index, word) }
     }
 
     fn lock_control(&self) -> Option<MutexGuard<'_, ()>> {
@@ -273,87 +200,28 @@ impl sealed::CounterImpl for PerCpu {
     }
 
     fn closed(&self, word: &AtomicU32) {
-        // Relaxed: the bias is only arithmetic; the fold's RMWs below carry the ordering.
-        let before = self.central.fetch_add(BIAS, Ordering::Relaxed);
-        if before != 0 {
-            // An earlier close's token is still out: guards it counted are being given back,
-            // and its token returns when `central` reaches zero, which the bias now delays
-            // until this fold is complete. One token is enough, so give ours back (the count
-            // field stays at least one, so this wakes nobody).
-            // SAFETY: our close added this token to the word.
-            unsafe { state::release(word) };
-        }
-        let mut sum = 0u64;
-        for slot in self.slots.iter() {
-            // Acquire: synchronises with every release already made on the slot
-            // (release → drainer).
-            let prev = slot.0.fetch_or(FOLDED, Ordering::Acquire);
-            debug_assert!(prev & FOLDED == 0, "fold of a folded slot");
-            sum += prev;
-        }
-        // SAFETY: `central` holds BIAS plus this fold's counts; taking it to zero gives the
-        // token back to `word`, which belongs to the same live drainable (we hold `&self`).
-        unsafe { release_folded(&self.central, word, BIAS - sum) };
+        self.slots.fold(word);
     }
 
     fn opened(&self, word: &AtomicU32) {
-        let mut sum = 0u64;
-        for slot in self.slots.iter() {
-            // Release: what the opener did is visible to acquirers on this slot
-            // (open → acquirer).
-            let prev = slot.0.fetch_and(!FOLDED, Ordering::Release);
-            debug_assert!(prev & FOLDED != 0, "unfold of an open slot");
-            sum += prev & !FOLDED;
-        }
-        if sum != 0 {
-            // These guards were counted by the close but will now give back only their slot
-            // count: take them out of `central` here.
-            // SAFETY: `central` counts at least these guards; same live drainable.
-            unsafe { release_folded(&self.central, word, sum) };
-        }
+        self.slots.unfold(word);
     }
 
     fn outstanding(&self, _word: u32) -> usize {
-        // Slot counts are exact at every instant (folded or not), so their sum is the number of
-        // guards outstanding, as a snapshot.
-        self.slots
-            .iter()
-            .map(|s| s.0.load(Ordering::Relaxed) & !FOLDED)
-            .sum::<u64>() as usize
+        self.slots.outstanding()
     }
 
     fn heap_bytes(&self) -> usize {
-        std::mem::size_of_val(&*self.slots)
+        self.slots.heap_bytes()
     }
 }
 
 #[cold]
 #[inline(never)]
 fn refused(slot_value: u64) -> Refused {
-    if slot_value & FOLDED != 0 {
+    if Folding::is_folded(slot_value) {
         Refused::Closed
     } else {
         Refused::Overflow
-    }
-}
-
-/// Subtracts `n` from `central`; whoever takes it to zero gives the close's token back to the
-/// lifecycle word (waking a drainer if that was the last token).
-///
-/// # Safety
-/// `central` and `word` belong to one live drainable, and `central` counts at least `n`.
-#[cold]
-#[inline(never)]
-unsafe fn release_folded(central: *const AtomicU64, word: *const AtomicU32, n: u64) {
-    // AcqRel: Acquire so the one that reaches zero has seen every other decrement (and the
-    // accesses of the guards behind them) before it hands the token to the drainer; Release
-    // for this thread's own accesses.
-    // SAFETY: the caller guarantees `central` is live.
-    let prev = unsafe { (*central).fetch_sub(n, Ordering::AcqRel) };
-    debug_assert!(prev >= n, "central count underflow");
-    if prev == n {
-        // SAFETY: the token was added by the close this count belongs to, and is given back
-        // exactly once: by whoever takes `central` to zero.
-        unsafe { state::release(word) };
     }
 }

@@ -44,6 +44,7 @@
 mod counter;
 mod cpu;
 mod drainable;
+mod fold;
 mod state;
 mod sync;
 mod track;
