@@ -45,6 +45,7 @@ mod counter;
 mod cpu;
 mod drainable;
 mod fold;
+mod grace;
 mod state;
 mod sync;
 mod track;
@@ -53,6 +54,7 @@ pub use counter::{Counter, PerCpu, Shared};
 pub use drainable::{
     DrainTimeoutError, Drainable, DrainableWith, Guard, OwnedGuard, PendingDrain, PerCpuDrainable,
 };
+pub use grace::{GraceCell, GraceCookie, GraceDomain, GraceGuard, GraceTimeoutError, ReadSection};
 
 #[cfg(all(test, not(drainable_loom)))]
 mod tests;

@@ -340,6 +340,51 @@ pub(crate) fn wait_drained(
     }
 }
 
+/// Blocks until the count field of `word` is zero (every token given back), or until
+/// `deadline`. Returns `true` once zero. Used by grace periods, whose word holds only tokens.
+///
+/// Spins [`sync::SPIN_LIMIT`] times, then sets `WAITING` and sleeps on the futex; the release
+/// that takes the count to zero wakes it (see [`release`]).
+pub(crate) fn wait_zero(word: &AtomicU32, deadline: Option<Instant>) -> bool {
+    let mut spins = sync::SPIN_LIMIT;
+    let mut timed_out = false;
+    // Acquire: pairs with the token release (release → waiter).
+    let mut cur = word.load(Ordering::Acquire);
+    loop {
+        if count(cur) == 0 {
+            return true;
+        }
+        if timed_out {
+            return false;
+        }
+        if spins > 0 {
+            spins -= 1;
+            sync::spin_hint();
+            cur = word.load(Ordering::Acquire);
+            continue;
+        }
+        if cur & WAITING == 0 {
+            match word.compare_exchange_weak(
+                cur,
+                cur | WAITING,
+                Ordering::Acquire,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => cur |= WAITING,
+                Err(actual) => {
+                    cur = actual;
+                    continue;
+                }
+            }
+        }
+        match deadline {
+            None => sync::wait(word, cur),
+            Some(deadline) => timed_out = sync::wait_until(word, cur, deadline),
+        }
+        cur = word.load(Ordering::Acquire);
+    }
+}
+
 #[cfg(all(test, not(drainable_loom)))]
 mod tests {
     use super::*;

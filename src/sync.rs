@@ -6,13 +6,13 @@
 
 #[cfg(not(drainable_loom))]
 pub(crate) use std::sync::{
-    atomic::{AtomicU32, AtomicU64, Ordering},
+    atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering},
     Mutex, MutexGuard,
 };
 
 #[cfg(drainable_loom)]
 pub(crate) use loom::sync::{
-    atomic::{AtomicU32, AtomicU64, Ordering},
+    atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering},
     Mutex, MutexGuard,
 };
 
