@@ -74,6 +74,17 @@ impl Folding {
         }
     }
 
+    /// A set whose slots start folded: increments are refused until the first
+    /// [`unfold`](Self::unfold).
+    pub(crate) fn new_folded() -> Self {
+        let f = Self::new();
+        for slot in f.slots.iter() {
+            // Relaxed: not yet shared with any other thread.
+            slot.0.store(FOLDED, Ordering::Relaxed);
+        }
+        f
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.slots.len()
     }
