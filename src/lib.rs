@@ -14,6 +14,13 @@
 //! - [`Drainable<T>`]: one 32-bit counter word. Smallest (4 bytes plus `T`), `const`-
 //!   constructible for `static`s, cheapest on one thread. Readers on many cores share its
 //!   cache line.
+//! - [`PerCpuDrainable<T>`]: the same contract with guards counted in per-CPU slots, so the
+//!   hot path stays flat as cores are added; 128 bytes per slot. Both are
+//!   [`DrainableWith<T, C>`](DrainableWith) with a different [`Counter`], so generic code and
+//!   a one-line switch work.
+//! - [`GraceCell<T>`] and [`GraceDomain`]: for *replacing* rather than removing. Readers
+//!   never block; a writer publishes a new value and gets the old one back by value once no
+//!   reader can still see it (RCU / SRCU grace periods).
 //!
 //! # Guarantees
 //!
