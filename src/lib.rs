@@ -44,6 +44,7 @@
 mod counter;
 mod cpu;
 mod drainable;
+mod registry;
 mod state;
 mod sync;
 mod track;
@@ -51,6 +52,9 @@ mod track;
 pub use counter::{Counter, PerCpu, Shared};
 pub use drainable::{
     DrainTimeoutError, Drainable, DrainableWith, Guard, OwnedGuard, PendingDrain, PerCpuDrainable,
+};
+pub use registry::{
+    EntryGuard, PendingRemoval, Registration, Registry, RegistryIter, UnregisterTimeoutError,
 };
 
 #[cfg(all(test, not(drainable_loom)))]
