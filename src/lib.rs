@@ -15,6 +15,24 @@
 //!   constructible for `static`s, cheapest on one thread. Readers on many cores share its
 //!   cache line.
 //!
+//! # A ready-made callback registry
+//!
+//! [`Registry<T>`] is the seed's `register_foo` / `unregister_foo` built on drainables: callers
+//! run [`for_each`](Registry::for_each) lock-free over every registered value, and
+//! [`unregister`](Registry::unregister) returns the value only once no call into it is in
+//! flight, so `unregister(handle); drop(data);` is sound. It also removes several entries at
+//! once (closing all before waiting), reversibly ([`PendingRemoval`]), or with a deadline.
+//!
+//! ```
+//! use drainable::Registry;
+//!
+//! let hooks = Registry::new();
+//! let h = hooks.register(Box::new(42)); // a callback's private data
+//! hooks.for_each(|data| assert_eq!(**data, 42)); // the hot path
+//! let data = hooks.unregister(h); // no call is in flight after this
+//! drop(data); // kfree(my_data)
+//! ```
+//!
 //! # Guarantees
 //!
 //! - **Memory ordering.** Every access made under a guard happens-before `drain()` (or a
