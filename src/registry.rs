@@ -345,10 +345,13 @@ impl<T, C: Counter> Registry<T, C> {
 
     /// Calls `f` on every registered value. The hot path.
     ///
-    /// Each entry live for the whole pass is called exactly once; an entry registered during
-    /// the pass may or may not be; an entry whose removal has begun (by any of the
-    /// `unregister` methods, or [`prepare_unregister`](Self::prepare_unregister)) is skipped
-    /// from then on, and its removal waits until the calls already in it return.
+    /// An entry whose registration happened before the call (returned on this thread, or
+    /// on another one that this thread synchronised with) and whose removal does not begin
+    /// during the pass is called exactly once. An entry registered during the pass may or
+    /// may not be. An entry whose removal has begun (by any of the `unregister` methods, or
+    /// [`prepare_unregister`](Self::prepare_unregister)) is skipped from then on, and its
+    /// removal waits until the calls already in it return. No entry is called twice in one
+    /// pass.
     ///
     /// Lock-free: never takes the registry's lock and never waits for a registration or a
     /// removal in progress. Per entry, one guard acquisition and release (see
@@ -358,7 +361,8 @@ impl<T, C: Counter> Registry<T, C> {
     /// # Panics
     ///
     /// If `f` panics: the panic propagates and the pass stops there, having released its
-    /// guards.
+    /// guards. Also if about 33 million calls into one entry are in flight at once (see
+    /// [`DrainableWith::try_acquire`]).
     ///
     /// ```
     /// use drainable::Registry;
@@ -445,10 +449,11 @@ impl<T, C: Counter> Registry<T, C> {
     ///
     /// # Panics
     ///
-    /// If any registration was issued by another registry; then nothing is removed (every
-    /// registration is checked before the first entry is closed), and the entries whose
-    /// registrations were passed stay registered. In debug builds, as
-    /// [`unregister`](Self::unregister).
+    /// - If any registration was issued by another registry. Every registration is checked
+    ///   before the first entry is closed, so nothing is removed; the registrations passed are
+    ///   consumed, so their entries stay registered until the registry is dropped.
+    /// - In builds with `debug_assertions`, as [`unregister`](Self::unregister); the entries
+    ///   not yet removed then stay registered.
     ///
     /// ```
     /// use drainable::Registry;
@@ -1196,6 +1201,28 @@ impl<'a, T, C: Counter> Iterator for RegistryIter<'a, T, C> {
     }
 }
 
+// Once `next` returns `None`, the chunks are exhausted and stay so.
+impl<T, C: Counter> std::iter::FusedIterator for RegistryIter<'_, T, C> {}
+
+impl<'a, T, C: Counter> IntoIterator for &'a Registry<T, C> {
+    type Item = EntryGuard<'a, T, C>;
+    type IntoIter = RegistryIter<'a, T, C>;
+
+    /// The same as [`Registry::iter`].
+    ///
+    /// ```
+    /// let r = drainable::Registry::new();
+    /// let h = r.register(2);
+    /// for v in &r {
+    ///     assert_eq!(*v, 2);
+    /// }
+    /// # r.unregister(h);
+    /// ```
+    fn into_iter(self) -> RegistryIter<'a, T, C> {
+        self.iter()
+    }
+}
+
 impl<T, C: Counter> fmt::Debug for RegistryIter<'_, T, C> {
     /// Shows how many slots are left to visit.
     ///
@@ -1231,7 +1258,12 @@ impl<'a, T, C: Counter> Iterator for Chunks<'a, T, C> {
         // Acquire: pairs with the `Release` that published the chunk (chunk → caller). The
         // high-water mark already implies it; this keeps the read correct on its own.
         let chunk = self.registry.chunks[k].load(Ordering::Acquire);
-        debug_assert!(!chunk.is_null(), "a chunk below the high-water mark");
+        // One branch per chunk and pass, to keep the slice below sound even if the
+        // high-water mark were wrong.
+        assert!(
+            !chunk.is_null(),
+            "drainable: Registry chunk {k} not published"
+        );
         self.next = k + 1;
         self.remaining -= len;
         // SAFETY: every chunk below the high-water mark (read with `Acquire` in
