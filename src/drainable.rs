@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 /// - [`try_acquire`](Self::try_acquire) and dropping a [`Guard`]: lock-free, one atomic
 ///   read-modify-write each on the fast path (plus one relaxed load in `try_acquire`), no CAS
 ///   loop. All readers share one counter word, so under heavy multi-core use the cache line
-///   bounces; `PerCpuDrainable` (a later release) is for that case.
+///   bounces; [`PerCpuDrainable`] is for that case.
 /// - [`drain`](Self::drain): blocking and starvation-free. Once closed it waits only for the
 ///   guards taken before the close, however busy the acquirers are: a failed acquisition does
 ///   not write to the word once the close is visible to it.

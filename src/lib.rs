@@ -22,6 +22,24 @@
 //!   never block; a writer publishes a new value and gets the old one back by value once no
 //!   reader can still see it (RCU / SRCU grace periods).
 //!
+//! # A ready-made callback registry
+//!
+//! [`Registry<T>`] is the seed's `register_foo` / `unregister_foo` built on drainables: callers
+//! run [`for_each`](Registry::for_each) lock-free over every registered value, and
+//! [`unregister`](Registry::unregister) returns the value only once no call into it is in
+//! flight, so `unregister(handle); drop(data);` is sound. It also removes several entries at
+//! once (closing all before waiting), reversibly ([`PendingRemoval`]), or with a deadline.
+//!
+//! ```
+//! use drainable::Registry;
+//!
+//! let hooks = Registry::new();
+//! let h = hooks.register(Box::new(42)); // a callback's private data
+//! hooks.for_each(|data| assert_eq!(**data, 42)); // the hot path
+//! let data = hooks.unregister(h); // no call is in flight after this
+//! drop(data); // kfree(my_data)
+//! ```
+//!
 //! # Guarantees
 //!
 //! - **Memory ordering.** Every access made under a guard happens-before `drain()` (or a
@@ -53,6 +71,7 @@ mod cpu;
 mod drainable;
 mod fold;
 mod grace;
+mod registry;
 mod state;
 mod sync;
 mod track;
@@ -62,6 +81,9 @@ pub use drainable::{
     DrainTimeoutError, Drainable, DrainableWith, Guard, OwnedGuard, PendingDrain, PerCpuDrainable,
 };
 pub use grace::{GraceCell, GraceCookie, GraceDomain, GraceGuard, GraceTimeoutError, ReadSection};
+pub use registry::{
+    EntryGuard, PendingRemoval, Registration, Registry, RegistryIter, UnregisterTimeoutError,
+};
 
 #[cfg(all(test, not(drainable_loom)))]
 mod tests;

@@ -6,15 +6,56 @@
 
 #[cfg(not(drainable_loom))]
 pub(crate) use std::sync::{
-    atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering},
+    atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering},
     Mutex, MutexGuard,
 };
 
 #[cfg(drainable_loom)]
 pub(crate) use loom::sync::{
-    atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering},
+    atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering},
     Mutex, MutexGuard,
 };
+
+/// Under loom, the registry's slots are loom's checked cells: loom then reports a write to a
+/// slot's value (registering, removing) that is not ordered with a caller's read of it.
+#[cfg(drainable_loom)]
+pub(crate) use loom::cell::UnsafeCell;
+
+/// `std`'s `UnsafeCell` behind loom's closure API, so that code written for loom's checked
+/// cell runs unchanged in real builds.
+#[cfg(not(drainable_loom))]
+#[derive(Debug)]
+pub(crate) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
+
+#[cfg(not(drainable_loom))]
+impl<T> UnsafeCell<T> {
+    pub(crate) const fn new(value: T) -> Self {
+        UnsafeCell(std::cell::UnsafeCell::new(value))
+    }
+
+    /// Runs `f` with a pointer to read the value through.
+    #[inline]
+    pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+        f(self.0.get())
+    }
+
+    /// Runs `f` with a pointer to write the value through.
+    #[inline]
+    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        f(self.0.get())
+    }
+}
+
+/// A process-wide unique, non-zero number (a registry's identity).
+///
+/// A `std` atomic even under loom: the number only has to differ from every other one, it
+/// takes part in no protocol that loom should explore, and a `static` cannot hold a loom
+/// atomic. A `u64` incremented once per registry never wraps.
+pub(crate) fn unique_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    // Relaxed: only uniqueness matters, which the RMW gives.
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
 
 /// How many times a waiter re-reads the word before it goes to sleep. A guard is usually held
 /// for nanoseconds, so a short spin often saves the two system calls of a sleep and a wake.
