@@ -1,1 +1,308 @@
-fn main() {}
+//! The cost of protecting one callback invocation: "enter + a non-inlined callback + leave".
+//!
+//! Group `callback`, one benchmark per protection scheme and thread count,
+//! `callback/<impl>/<threads>`:
+//!
+//! - `plain`: the call alone, no protection (the floor).
+//! - `drainable`: `Drainable::try_acquire`, call with `&*guard`, drop the guard.
+//! - `per_cpu_drainable`: the same through `PerCpuDrainable` (the same generic code).
+//! - `grace_cell`: `GraceCell::read`, call with `&*guard`, drop it.
+//! - `arc`: `Arc::clone`, call with `&*clone`, drop the clone.
+//! - `rwlock`: `std::sync::RwLock::read`, call, unlock.
+//! - `crossbeam_epoch`: `crossbeam_epoch::pin()`, `Atomic::load(Acquire)`, call, unpin.
+//! - `arc_swap`: `ArcSwap::load`, call, drop the guard.
+//! - `run_down`: `run_down::RundownRef::try_acquire` (the existing Rust rundown crate), call,
+//!   drop; the value sits beside the `RundownRef`.
+//!
+//! Every case calls the same `#[inline(never)]` callback on a `&u64`. `<threads>` is `1` (one
+//! thread, nothing else running) and `available_parallelism` ("every core busy": that many
+//! threads run the same loop on the same shared object at once, started by a barrier; the
+//! time per op is the slowest thread's wall time divided by the iterations per thread).
+//!
+//! # Running
+//!
+//! ```text
+//! cargo bench --bench callback                    # full run, ~40 s after the build
+//! cargo bench --bench callback -- drainable/1     # a filter, as usual with criterion
+//! cargo bench --bench callback -- --quick         # CI smoke run: a few seconds
+//! DRAINABLE_BENCH_QUICK=1 cargo bench --bench callback   # the same, via the environment
+//! cargo test --bench callback                     # run every case once, no timing
+//! ```
+//!
+//! `--quick` is criterion's own quick mode (stops each case once its estimate is stable); this
+//! file also shortens the time limits when it sees it. `DRAINABLE_BENCH_QUICK=1` shortens
+//! warm-up, measurement and sample count without criterion's quick mode.
+//!
+//! # Adding a case
+//!
+//! Implement `Protect` (one `enter + callback + leave` in `call`) and add one line to
+//! `bench_callback`; both thread counts come for free. Adding a thread count is one more entry
+//! in `thread_counts`.
+
+use arc_swap::ArcSwap;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion};
+use crossbeam_epoch::{self as epoch, Atomic, Shared};
+use drainable::{Counter, DrainableWith, Drainable, GraceCell, PerCpuDrainable};
+use run_down::RundownRef;
+use std::hint::black_box;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Barrier, RwLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The payload every case protects.
+const PAYLOAD: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// The callback: never inlined, takes a `&T`, the same function for every case.
+#[inline(never)]
+fn callback(value: &u64) -> u64 {
+    value.rotate_left(7) ^ 0x5555
+}
+
+/// Calls the callback so that the compiler can neither hoist the call out of the loop (the
+/// reference is opaque) nor drop it (the result is used).
+#[inline(always)]
+fn invoke(value: &u64) {
+    black_box(callback(black_box(value)));
+}
+
+/// One protection scheme: `call` is one "enter + callback + leave". Shared by every thread of
+/// a multi-thread case, hence `Sync`.
+trait Protect: Sync {
+    fn name(&self) -> &'static str;
+    fn call(&self);
+}
+
+/// No protection: the callback alone.
+struct Plain(u64);
+
+impl Protect for Plain {
+    fn name(&self) -> &'static str {
+        "plain"
+    }
+    #[inline(always)]
+    fn call(&self) {
+        invoke(&self.0);
+    }
+}
+
+/// Both drainables, through the same generic code.
+struct DrainableCase<C: Counter>(DrainableWith<u64, C>, &'static str);
+
+impl<C: Counter> Protect for DrainableCase<C> {
+    fn name(&self) -> &'static str {
+        self.1
+    }
+    #[inline(always)]
+    fn call(&self) {
+        if let Some(guard) = self.0.try_acquire() {
+            invoke(&guard);
+        }
+    }
+}
+
+struct GraceCase(GraceCell<u64>);
+
+impl Protect for GraceCase {
+    fn name(&self) -> &'static str {
+        "grace_cell"
+    }
+    #[inline(always)]
+    fn call(&self) {
+        invoke(&self.0.read());
+    }
+}
+
+struct RwLockCase(RwLock<u64>);
+
+impl Protect for RwLockCase {
+    fn name(&self) -> &'static str {
+        "rwlock"
+    }
+    #[inline(always)]
+    fn call(&self) {
+        invoke(&self.0.read().unwrap());
+    }
+}
+
+struct ArcSwapCase(ArcSwap<u64>);
+
+impl Protect for ArcSwapCase {
+    fn name(&self) -> &'static str {
+        "arc_swap"
+    }
+    #[inline(always)]
+    fn call(&self) {
+        invoke(&self.0.load());
+    }
+}
+
+struct RunDownCase(RundownRef, u64);
+
+impl Protect for RunDownCase {
+    fn name(&self) -> &'static str {
+        "run_down"
+    }
+    #[inline(always)]
+    fn call(&self) {
+        if let Ok(_guard) = self.0.try_acquire() {
+            invoke(&self.1);
+        }
+    }
+}
+
+struct ArcCase(Arc<u64>);
+
+impl Protect for ArcCase {
+    fn name(&self) -> &'static str {
+        "arc"
+    }
+    #[inline(always)]
+    fn call(&self) {
+        let clone = Arc::clone(&self.0);
+        invoke(&clone);
+    }
+}
+
+struct EpochCase(Atomic<u64>);
+
+impl Protect for EpochCase {
+    fn name(&self) -> &'static str {
+        "crossbeam_epoch"
+    }
+    #[inline(always)]
+    fn call(&self) {
+        let guard = epoch::pin();
+        let shared = self.0.load(Ordering::Acquire, &guard);
+        // SAFETY: the pointer is set in `new` and only freed in `drop`, after every thread
+        // has finished, so it is valid while pinned.
+        invoke(unsafe { shared.deref() });
+    }
+}
+
+impl EpochCase {
+    fn new(value: u64) -> Self {
+        EpochCase(Atomic::new(value))
+    }
+}
+
+impl Drop for EpochCase {
+    fn drop(&mut self) {
+        // SAFETY: `&mut self`: no thread is pinned and reading the pointer any more.
+        unsafe {
+            let guard = epoch::unprotected();
+            drop(
+                self.0
+                    .swap(Shared::null(), Ordering::Relaxed, guard)
+                    .into_owned(),
+            );
+        }
+    }
+}
+
+/// `iters` calls on this thread; the wall time they took.
+#[inline(never)]
+fn time_loop<P: Protect>(case: &P, iters: u64) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        case.call();
+    }
+    start.elapsed()
+}
+
+/// "Every core busy": `threads` threads run `iters` calls each on the same `case`, released
+/// together by a barrier. Returns the slowest thread's wall time, so that criterion's
+/// `time / iters` is the time per op with every thread running.
+fn time_parallel<P: Protect>(case: &P, threads: usize, iters: u64) -> Duration {
+    let barrier = Barrier::new(threads);
+    thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    barrier.wait();
+                    time_loop(case, iters)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("benchmark thread panicked"))
+            .max()
+            .unwrap_or_default()
+    })
+}
+
+/// Registers `case` at every thread count: `callback/<name>/<threads>`.
+fn bench_case<P: Protect>(
+    group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    case: &P,
+) {
+    for threads in thread_counts() {
+        group.bench_with_input(
+            BenchmarkId::new(case.name(), threads),
+            &threads,
+            |b, &threads| {
+                if threads == 1 {
+                    b.iter_custom(|iters| time_loop(case, iters));
+                } else {
+                    b.iter_custom(|iters| time_parallel(case, threads, iters));
+                }
+            },
+        );
+    }
+}
+
+/// 1, then every core (if there is more than one).
+fn thread_counts() -> Vec<usize> {
+    let cores = thread::available_parallelism().map_or(1, usize::from);
+    if cores > 1 {
+        vec![1, cores]
+    } else {
+        vec![1]
+    }
+}
+
+fn bench_callback(c: &mut Criterion) {
+    let mut group = c.benchmark_group("callback");
+    bench_case(&mut group, &Plain(PAYLOAD));
+    bench_case(&mut group, &DrainableCase(Drainable::new(PAYLOAD), "drainable"));
+    bench_case(
+        &mut group,
+        &DrainableCase(PerCpuDrainable::new(PAYLOAD), "per_cpu_drainable"),
+    );
+    bench_case(&mut group, &GraceCase(GraceCell::new(PAYLOAD)));
+    bench_case(&mut group, &ArcCase(Arc::new(PAYLOAD)));
+    bench_case(&mut group, &RwLockCase(RwLock::new(PAYLOAD)));
+    bench_case(&mut group, &EpochCase::new(PAYLOAD));
+    bench_case(&mut group, &ArcSwapCase(ArcSwap::from_pointee(PAYLOAD)));
+    bench_case(&mut group, &RunDownCase(RundownRef::new(), PAYLOAD));
+    group.finish();
+}
+
+/// Whether to run a short smoke version: criterion's `--quick`, or `DRAINABLE_BENCH_QUICK=1`.
+fn quick() -> bool {
+    std::env::args().any(|a| a == "--quick")
+        || std::env::var("DRAINABLE_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Short by default (~4 s per case); command-line options still override these.
+fn config() -> Criterion {
+    let c = Criterion::default();
+    if quick() {
+        c.warm_up_time(Duration::from_millis(50))
+            .measurement_time(Duration::from_millis(200))
+            .sample_size(10)
+    } else {
+        c.warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(3))
+            .sample_size(30)
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = bench_callback
+}
+criterion_main!(benches);
