@@ -99,6 +99,9 @@ mod futex {
     /// spuriously: callers re-check their condition.
     #[inline]
     pub(crate) fn wait(word: &AtomicU32, expected: u32) {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        linux::futex_wait(word, expected, None);
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
         atomic_wait::wait(word, expected);
     }
 
@@ -109,9 +112,13 @@ mod futex {
     /// address as a key and never dereferences it, so a dangling pointer is fine.
     #[inline]
     pub(crate) fn wake_all(word: *const AtomicU32) {
-        atomic_wait::wake_all(word);
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        linux::futex_wake_all(word);
         #[cfg(not(any(target_os = "linux", target_os = "android")))]
-        super::parking::unpark_all(word);
+        {
+            atomic_wait::wake_all(word);
+            super::parking::unpark_all(word);
+        }
     }
 
     /// Like [`wait`], but gives up at `deadline`. Returns `true` when the deadline has passed.
@@ -126,23 +133,52 @@ mod futex {
 
     #[cfg(any(target_os = "linux", target_os = "android"))]
     fn timed_wait(word: &AtomicU32, expected: u32, timeout: std::time::Duration) {
-        // A relative timeout; values past the range of `time_t` are clamped (years away).
-        let ts = libc::timespec {
-            tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
-            tv_nsec: timeout.subsec_nanos().into(),
-        };
-        // SAFETY: FUTEX_WAIT reads the u32 behind `word`, which the reference keeps alive for
-        // the call, and the timespec, which lives on this stack frame. The private flag matches
-        // the one `atomic-wait` uses, so its `wake_all` reaches this waiter. Every error
-        // (EAGAIN: the value changed, EINTR, ETIMEDOUT) just returns to the caller's re-check.
-        unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                word as *const AtomicU32,
-                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-                expected,
-                &ts as *const libc::timespec,
-            );
+        linux::futex_wait(word, expected, Some(timeout));
+    }
+
+    /// The futex calls, made directly on Linux and Android. `atomic-wait` 1.1 (used on the other
+    /// platforms) passes `&AtomicU32` where the kernel ABI says `u32 *`; current Miri checks
+    /// variadic argument types and rejects that, so here the exact types are passed.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    mod linux {
+        use super::AtomicU32;
+        use std::time::Duration;
+
+        pub(super) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+            // A relative timeout; values past the range of `time_t` are clamped (years away).
+            let ts = timeout.map(|t| libc::timespec {
+                tv_sec: libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
+                tv_nsec: t.subsec_nanos().into(),
+            });
+            let ts_ptr = ts
+                .as_ref()
+                .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+            // SAFETY: FUTEX_WAIT reads the u32 behind `word` (kept alive by the reference for
+            // the call) and the timespec (on this frame, or null for no timeout). Every error
+            // (EAGAIN: the value changed, EINTR, ETIMEDOUT) returns to the caller's re-check.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    word.as_ptr(),
+                    libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                    expected,
+                    ts_ptr,
+                );
+            }
+        }
+
+        pub(super) fn futex_wake_all(word: *const AtomicU32) {
+            // SAFETY: FUTEX_WAKE uses the address only as a key and never dereferences it, so
+            // a dangling `word` (the drainer may have freed it) is fine; the cast keeps the
+            // address. `AtomicU32` has the layout of `u32`.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    word as *mut u32,
+                    libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                    i32::MAX,
+                );
+            }
         }
     }
 
