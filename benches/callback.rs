@@ -42,7 +42,7 @@
 use arc_swap::ArcSwap;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion};
 use crossbeam_epoch::{self as epoch, Atomic, Shared};
-use drainable::{Counter, DrainableWith, Drainable, GraceCell, PerCpuDrainable};
+use drainable::{Counter, Drainable, DrainableWith, GraceCell, PerCpuDrainable};
 use run_down::RundownRef;
 use std::hint::black_box;
 use std::sync::atomic::Ordering;
@@ -266,7 +266,10 @@ fn thread_counts() -> Vec<usize> {
 fn bench_callback(c: &mut Criterion) {
     let mut group = c.benchmark_group("callback");
     bench_case(&mut group, &Plain(PAYLOAD));
-    bench_case(&mut group, &DrainableCase(Drainable::new(PAYLOAD), "drainable"));
+    bench_case(
+        &mut group,
+        &DrainableCase(Drainable::new(PAYLOAD), "drainable"),
+    );
     bench_case(
         &mut group,
         &DrainableCase(PerCpuDrainable::new(PAYLOAD), "per_cpu_drainable"),
