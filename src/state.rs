@@ -310,34 +310,40 @@ pub(crate) fn wait_drained(
         if timed_out {
             return Err(count(cur));
         }
-        if spins > 0 {
-            spins -= 1;
-            sync::spin_hint();
-            cur = word.load(Ordering::Acquire);
-            continue;
-        }
-        if cur & WAITING == 0 {
-            match word.compare_exchange_weak(
-                cur,
-                cur | WAITING,
-                Ordering::Acquire,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => cur |= WAITING,
-                Err(actual) => {
-                    cur = actual;
-                    continue;
-                }
-            }
-        }
-        // Sleeps only while the word still holds exactly `cur`: a release that lands between
-        // our read and the sleep changes the value and the kernel refuses to sleep.
-        match deadline {
-            None => sync::wait(word, cur),
-            Some(deadline) => timed_out = sync::wait_until(word, cur, deadline),
-        }
-        cur = word.load(Ordering::Acquire);
+        (cur, timed_out) = wait_for_change(word, cur, &mut spins, deadline);
     }
+}
+
+/// One step of waiting for `word` to change from `cur`: a spin while `spins` lasts, else
+/// announce `WAITING` and sleep on the futex. Returns the word's new value (`Acquire`: release →
+/// waiter) and whether `deadline` has passed.
+fn wait_for_change(
+    word: &AtomicU32,
+    mut cur: u32,
+    spins: &mut u32,
+    deadline: Option<Instant>,
+) -> (u32, bool) {
+    if *spins > 0 {
+        *spins -= 1;
+        sync::spin_hint();
+        return (word.load(Ordering::Acquire), false);
+    }
+    if cur & WAITING == 0 {
+        match word.compare_exchange_weak(cur, cur | WAITING, Ordering::Acquire, Ordering::Acquire) {
+            Ok(_) => cur |= WAITING,
+            Err(actual) => return (actual, false),
+        }
+    }
+    // Sleeps only while the word still holds exactly `cur`: a release that lands between our
+    // read and the sleep changes the value and the kernel refuses to sleep.
+    let timed_out = match deadline {
+        None => {
+            sync::wait(word, cur);
+            false
+        }
+        Some(deadline) => sync::wait_until(word, cur, deadline),
+    };
+    (word.load(Ordering::Acquire), timed_out)
 }
 
 /// Blocks until the count field of `word` is zero (every token given back), or until
@@ -357,31 +363,7 @@ pub(crate) fn wait_zero(word: &AtomicU32, deadline: Option<Instant>) -> bool {
         if timed_out {
             return false;
         }
-        if spins > 0 {
-            spins -= 1;
-            sync::spin_hint();
-            cur = word.load(Ordering::Acquire);
-            continue;
-        }
-        if cur & WAITING == 0 {
-            match word.compare_exchange_weak(
-                cur,
-                cur | WAITING,
-                Ordering::Acquire,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => cur |= WAITING,
-                Err(actual) => {
-                    cur = actual;
-                    continue;
-                }
-            }
-        }
-        match deadline {
-            None => sync::wait(word, cur),
-            Some(deadline) => timed_out = sync::wait_until(word, cur, deadline),
-        }
-        cur = word.load(Ordering::Acquire);
+        (cur, timed_out) = wait_for_change(word, cur, &mut spins, deadline);
     }
 }
 
