@@ -757,13 +757,7 @@ mod tests {
     use std::sync::mpsc;
     use std::thread;
 
-    const fn iters(native: usize, miri: usize) -> usize {
-        if cfg!(miri) {
-            miri
-        } else {
-            native
-        }
-    }
+    use crate::tests::iters;
 
     /// A thread inside a read section of `d` until the returned sender is used or dropped.
     fn reader_inside<'s>(s: &'s thread::Scope<'s, '_>, d: &'s GraceDomain) -> mpsc::Sender<()> {

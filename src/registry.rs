@@ -1280,14 +1280,7 @@ mod tests {
     use std::sync::{mpsc, Arc};
     use std::thread;
 
-    /// Iteration counts shrink under Miri, which interprets every instruction.
-    const fn iters(native: usize, miri: usize) -> usize {
-        if cfg!(miri) {
-            miri
-        } else {
-            native
-        }
-    }
+    use crate::tests::iters;
 
     #[test]
     fn locate_matches_chunk_layout() {

@@ -7,7 +7,7 @@ use std::thread::{self, Scope};
 use std::time::Duration;
 
 /// Iteration counts shrink under Miri, which interprets every instruction.
-const fn iters(native: usize, miri: usize) -> usize {
+pub(crate) const fn iters(native: usize, miri: usize) -> usize {
     if cfg!(miri) {
         miri
     } else {
