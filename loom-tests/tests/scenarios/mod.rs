@@ -505,3 +505,33 @@ fn sleeping_drain_survives_a_reopen_cycle() {
         assert!(d.try_acquire().is_none());
     });
 }
+
+/// (13) A guard is released while a reversible close is prepared and undone, and then a real
+/// drain follows. For the per-CPU counter this walks the close → undo → close path in which
+/// the first close's count may still be in flight (released on the slot, not yet on the
+/// central count) when the second close folds: the drain must still wait for exactly that
+/// guard, and its write must happen before the drain returns.
+#[test]
+fn release_across_prepare_undo_then_drain() {
+    model(|| {
+        let (d, cell) = canary(0);
+        let holder = {
+            let d = Arc::clone(&d);
+            let g = d.try_acquire_owned().expect("open");
+            spawn_with(g, move |g| {
+                g.set(1);
+                drop(g);
+            })
+        };
+        let p = d.prepare_drain();
+        assert!(d.try_acquire().is_none());
+        p.undo();
+        d.drain();
+        assert_eq!(cell.get(), 1, "the drain returned before the guard's write");
+        cell.set(POISON);
+        holder.join().unwrap();
+        assert!(d.is_drained());
+        assert!(d.reopen());
+        assert!(d.try_acquire().is_some());
+    });
+}
