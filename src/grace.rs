@@ -438,6 +438,14 @@ impl fmt::Debug for GraceDomain {
 /// let section = d.enter();
 /// drop(section);
 /// ```
+///
+/// A section cannot move to another thread:
+///
+/// ```compile_fail
+/// let d = drainable::GraceDomain::new();
+/// let section = d.enter();
+/// std::thread::scope(|s| { s.spawn(move || drop(section)); });
+/// ```
 #[must_use = "a read section ends when its guard is dropped"]
 pub struct ReadSection<'a> {
     domain: NonNull<GraceDomain>,
@@ -494,6 +502,13 @@ impl fmt::Debug for ReadSection<'_> {
 /// let old = routes.replace(vec!["10.0.0.0/8", "192.168.0.0/16"]);
 /// assert_eq!(old, ["10.0.0.0/8"]); // no reader can see it any more
 /// assert_eq!(routes.read().len(), 2);
+/// ```
+///
+/// Readers on several threads share `&T`, so a cell is `Sync` only when `T` is `Send + Sync`:
+///
+/// ```compile_fail
+/// let c = drainable::GraceCell::new(std::cell::Cell::new(1));
+/// std::thread::scope(|s| { s.spawn(|| c.read().get()); });
 /// ```
 pub struct GraceCell<T> {
     ptr: crate::sync::AtomicPtr<T>,
