@@ -1,9 +1,10 @@
-//! [`Drainable<T>`]: a value that readers borrow through lock-free guards and that a writer can
-//! close and wait out ("drain") before it unregisters, unloads or frees it.
+//! [`DrainableWith<T, C>`] ([`Drainable<T>`], [`PerCpuDrainable<T>`]): a value that readers
+//! borrow through lock-free guards and that a writer can close and wait out ("drain") before it
+//! unregisters, unloads or frees it.
 //!
-//! The whole lifecycle lives in one `u32` (see `state.rs` and `docs/design.md`): taking a guard
-//! is one `fetch_add`, dropping it one `fetch_sub`, and a drain closes the word and sleeps on it
-//! as a futex until the last guard's drop wakes it.
+//! The lifecycle lives in one `u32` (see `state.rs` and `docs/design.md`), which is also the
+//! futex a drain sleeps on until the last guard's drop wakes it. Where guards are counted is
+//! the [`Counter`]'s business: in that word for [`Shared`], in per-CPU slots for [`PerCpu`].
 
 use crate::counter::sealed::CounterImpl;
 use crate::counter::{Counter, PerCpu, Shared};
@@ -38,13 +39,16 @@ use std::time::{Duration, Instant};
 /// # Costs and guarantees
 ///
 /// - [`try_acquire`](Self::try_acquire) and dropping a [`Guard`]: lock-free, one atomic
-///   read-modify-write each on the fast path (plus one relaxed load in `try_acquire`), no CAS
-///   loop. All readers share one counter word, so under heavy multi-core use the cache line
-///   bounces; [`PerCpuDrainable`] is for that case.
+///   read-modify-write each on the fast path. [`Drainable`]: a relaxed load and a `fetch_add`
+///   on the shared word, no CAS loop; all readers share that cache line, so under heavy
+///   multi-core use it bounces. [`PerCpuDrainable`]: a CAS on the current CPU's slot (retried
+///   only if a thread on the same CPU changed it in between) and a `fetch_sub` on the slot the
+///   guard was taken on; readers on different CPUs touch different lines.
 /// - [`drain`](Self::drain): blocking and starvation-free. Once closed it waits only for the
 ///   guards taken before the close, however busy the acquirers are: a failed acquisition does
 ///   not write to the word once the close is visible to it.
-/// - `size_of::<Drainable<()>>() == 4`; a `Guard` is one pointer.
+/// - `size_of::<Drainable<()>>() == 4`, and its `Guard` is one pointer. A `PerCpuDrainable`
+///   takes about 48 bytes plus 128 per slot (see [`PerCpu`]); its `Guard` adds the slot index.
 ///
 /// # Leaked guards
 ///
@@ -240,14 +244,17 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
     /// [`drain`](Self::drain), [`prepare_drain`](Self::prepare_drain) or
     /// [`drain_timeout`](Self::drain_timeout) closed it, until it is reopened).
     ///
-    /// Lock-free: one relaxed load and one `fetch_add`, no CAS loop. A successful acquisition
-    /// *acquires* the word, so everything done before the [`reopen`](Self::reopen) or
-    /// [`undo`](PendingDrain::undo) that opened it is visible through the guard.
+    /// Lock-free: for [`Drainable`] one relaxed load and one `fetch_add`, no CAS loop; for
+    /// [`PerCpuDrainable`] one uncontended CAS on the current CPU's slot. A successful
+    /// acquisition *acquires* what opened it, so everything done before the
+    /// [`reopen`](Self::reopen) or [`undo`](PendingDrain::undo) that opened it is visible
+    /// through the guard.
     ///
     /// # Panics
     ///
-    /// If about 33 million guards of this drainable are outstanding at once (the count never
-    /// wraps).
+    /// For a [`Drainable`], if about 33 million guards of it are outstanding at once (the count
+    /// never wraps). A [`PerCpuDrainable`] counts in 63 bits per slot and does not reach a limit
+    /// in practice.
     ///
     /// ```
     /// use drainable::Drainable;
