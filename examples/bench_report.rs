@@ -57,6 +57,7 @@ fn main() {
         "Grace-period latency",
         GRACE_NOTES,
     );
+    latency_table(&mut md, &results, "cpu_id", "Slot selection", CPU_ID_NOTES);
     memory_table(&mut md);
     std::fs::write(root.join("docs/benchmarks.md"), md).expect("write docs/benchmarks.md");
     plot(&root.join("docs/callback-threads.svg"), &results);
@@ -167,6 +168,10 @@ const GRACE_NOTES: &str = "`benches/grace.rs`. `synchronize` and `grace_cell_rep
 once no reader can see the old value (`replace` hands it back). The baselines return before \
 that: `epoch_defer_flush` (swap + `defer_destroy` + `flush`) and `arc_swap_store` free the old \
 value later, when their readers let them. *busy_reader*: a reader loops on every other core.";
+
+const CPU_ID_NOTES: &str = "`benches/cpu_id.rs`. How a per-CPU counter finds its slot: the CPU \
+number from glibc's rseq area (what `PerCpu` uses where available), `sched_getcpu` (a vDSO \
+call), or a per-thread index (the fallback).";
 
 fn latency_table(
     md: &mut String,

@@ -179,3 +179,42 @@ mod tests {
         assert!(agreed);
     }
 }
+
+/// The three ways to find a slot, exposed (hidden from the docs) only so that
+/// `benches/cpu_id.rs` can measure them side by side; see the module docs for the choice.
+#[doc(hidden)]
+#[cfg(not(drainable_loom))]
+pub mod sources {
+    /// The CPU number from glibc's rseq area, where that is available.
+    #[inline]
+    pub fn rseq() -> Option<usize> {
+        #[cfg(all(
+            target_os = "linux",
+            target_env = "gnu",
+            any(target_arch = "x86_64", target_arch = "aarch64"),
+            not(miri)
+        ))]
+        return super::rseq::cpu_id();
+        #[allow(unreachable_code)]
+        None
+    }
+
+    /// The CPU number from `sched_getcpu` (a vDSO call on Linux), where that is available.
+    #[inline]
+    pub fn sched_getcpu() -> Option<usize> {
+        #[cfg(all(target_os = "linux", not(miri)))]
+        {
+            // SAFETY: sched_getcpu has no preconditions.
+            let cpu = unsafe { libc::sched_getcpu() };
+            return usize::try_from(cpu).ok();
+        }
+        #[allow(unreachable_code)]
+        None
+    }
+
+    /// The per-thread index (the fallback everywhere).
+    #[inline]
+    pub fn thread_index() -> usize {
+        super::thread_index()
+    }
+}

@@ -67,7 +67,9 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod counter;
-mod cpu;
+/// Slot selection, exposed only for `benches/cpu_id.rs`; not part of the API.
+#[doc(hidden)]
+pub mod cpu;
 mod drainable;
 mod fold;
 mod grace;
