@@ -33,7 +33,8 @@ fn main() {
     if run {
         let status = Command::new(env!("CARGO"))
             .args([
-                "bench", "--bench", "callback", "--bench", "drain", "--bench", "grace",
+                "bench", "--bench", "callback", "--bench", "drain", "--bench", "grace", "--bench",
+                "cpu_id",
             ])
             .current_dir(&root)
             .status()

@@ -1,16 +1,20 @@
 //! Which per-CPU slot the current thread should use.
 //!
-//! Three sources, picked once at run time, fastest first:
+//! Three sources, measured in `benches/cpu_id.rs`; rseq is used where available:
 //!
 //! 1. **rseq** (Linux, glibc >= 2.35, x86-64 and AArch64): glibc registers a restartable-sequences
 //!    area for every thread and exports its offset from the thread pointer as `__rseq_offset`.
 //!    The kernel keeps `cpu_id` in that area current, so the CPU number is one load relative to
-//!    the thread pointer (about 0.3 ns, ClickHouse's measurement in anchors.md).
-//! 2. **`sched_getcpu`** would be the next choice, but it is a vDSO call (about 1.7 ns); a
-//!    per-thread index is cheaper and scales as well for this use, so it is not used.
+//!    the thread pointer: 0.76 ns here (ClickHouse measured about 0.3 ns, anchors.md).
+//! 2. **`sched_getcpu`**: a vDSO call; measured 2.46 ns here against 0.76 ns for rseq
+//!    (`benches/cpu_id.rs`, docs/benchmarks.md), so it is not used.
 //! 3. **A per-thread index**: each thread takes the next number from a global counter the first
-//!    time it asks. Every platform, Miri, and loom (where each call returns a new index, so that
-//!    an acquisition and its release land on different slots, modelling migration).
+//!    time it asks (0.55 ns, a thread-local read). Cheaper than rseq by a fifth of a nanosecond,
+//!    but two threads whose indices collide modulo the slot count share a slot even while they
+//!    run on different CPUs, where rseq gives threads running at the same time different slots
+//!    (up to the cap). So rseq first, this as the fallback: every platform, Miri, and loom
+//!    (where each call returns a new index, so that an acquisition and its release land on
+//!    different slots, modelling migration).
 //!
 //! Correctness never depends on the answer: a guard remembers the slot it incremented and gives
 //! its count back there, wherever the thread runs by then. The CPU number is only a hint that
