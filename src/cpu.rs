@@ -24,13 +24,6 @@
 /// is correct; callers reduce it modulo their slot count.
 #[inline]
 pub(crate) fn current() -> usize {
-    #[cfg(all(
-        target_os = "linux",
-        target_env = "gnu",
-        any(target_arch = "x86_64", target_arch = "aarch64"),
-        not(miri),
-        not(drainable_loom)
-    ))]
     if let Some(cpu) = rseq::cpu_id() {
         return cpu;
     }
@@ -71,6 +64,7 @@ fn thread_index() -> usize {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Where glibc's rseq area can be read: the one place that names these platforms.
 #[cfg(all(
     target_os = "linux",
     target_env = "gnu",
@@ -151,6 +145,21 @@ mod rseq {
     }
 }
 
+/// Everywhere else (and under Miri and loom) there is no rseq area to read.
+#[cfg(not(all(
+    target_os = "linux",
+    target_env = "gnu",
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    not(miri),
+    not(drainable_loom)
+)))]
+mod rseq {
+    #[inline(always)]
+    pub(super) fn cpu_id() -> Option<usize> {
+        None
+    }
+}
+
 #[cfg(all(test, not(drainable_loom)))]
 mod tests {
     #[test]
@@ -161,12 +170,6 @@ mod tests {
         assert_ne!(a, b);
     }
 
-    #[cfg(all(
-        target_os = "linux",
-        target_env = "gnu",
-        any(target_arch = "x86_64", target_arch = "aarch64"),
-        not(miri)
-    ))]
     #[test]
     fn rseq_cpu_id_agrees_with_sched_getcpu() {
         let Some(_) = super::rseq::cpu_id() else {
@@ -175,10 +178,8 @@ mod tests {
         };
         // The thread may migrate between the two reads; agreement once in many tries is enough.
         let agreed = (0..1000).any(|_| {
-            let rseq = super::rseq::cpu_id().unwrap();
-            // SAFETY: sched_getcpu has no preconditions.
-            let os = unsafe { libc::sched_getcpu() };
-            os >= 0 && rseq == os as usize
+            let rseq = super::rseq::cpu_id();
+            rseq.is_some() && rseq == super::sources::sched_getcpu()
         });
         assert!(agreed);
     }
@@ -192,15 +193,7 @@ pub mod sources {
     /// The CPU number from glibc's rseq area, where that is available.
     #[inline]
     pub fn rseq() -> Option<usize> {
-        #[cfg(all(
-            target_os = "linux",
-            target_env = "gnu",
-            any(target_arch = "x86_64", target_arch = "aarch64"),
-            not(miri)
-        ))]
-        return super::rseq::cpu_id();
-        #[allow(unreachable_code)]
-        None
+        super::rseq::cpu_id()
     }
 
     /// The CPU number from `sched_getcpu` (a vDSO call on Linux), where that is available.
