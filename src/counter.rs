@@ -8,8 +8,9 @@
 //!   slots into one central count (see the module docs of `PerCpu`).
 
 use crate::fold::Folding;
+use crate::local::{self, LocalHold};
 use crate::state::{self, Refused};
-use crate::sync::{AtomicU32, Mutex, MutexGuard};
+use crate::sync::{self, AtomicU32, Mutex, MutexGuard};
 use std::fmt;
 
 /// How a drainable counts its guards: [`Shared`] (one word, the default) or [`PerCpu`].
@@ -47,8 +48,27 @@ pub(crate) mod sealed {
 
         fn new_counter() -> Self;
 
-        /// Takes one guard count, or refuses once closed.
+        /// Takes one guard count, or refuses once closed. The guard is released on this thread.
         fn try_acquire(&self, word: &AtomicU32) -> Result<Self::Ticket, Refused>;
+
+        /// As [`try_acquire`](Self::try_acquire), for a guard that may be released on another
+        /// thread.
+        #[inline]
+        fn try_acquire_owned(&self, word: &AtomicU32) -> Result<Self::Ticket, Refused> {
+            self.try_acquire(word)
+        }
+
+        /// After a close of `word`, waits for the guards this scheme cannot hand to the word's
+        /// count (none, by default), or until `deadline`; `Err` carries how many remain.
+        /// Returns early once the word shows the drain is over for `hold`.
+        fn wait_held(
+            &self,
+            _word: &AtomicU32,
+            _hold: state::Hold,
+            _deadline: Option<std::time::Instant>,
+        ) -> Result<(), usize> {
+            Ok(())
+        }
 
         /// Gives back the count named by `ticket`.
         ///
@@ -130,21 +150,35 @@ impl sealed::CounterImpl for Shared {
 
 /// The per-CPU counter of [`PerCpuDrainable<T>`](crate::PerCpuDrainable).
 ///
-/// Guards are counted in cache-line-padded per-CPU slots: taking one is a CAS on the current
-/// CPU's slot (uncontended in practice), dropping one a `fetch_sub` on the slot it was taken
-/// on, wherever the thread runs by then. Readers on different cores never write the same
-/// cache line. A close *folds* every slot into one central count with one read-modify-write
-/// per slot, so the drain waits for an exact count, and the drop that takes it to zero wakes
-/// the drainer. Neither side needs a fence. `docs/design.md` has the whole argument.
+/// Two places count guards, and a drain waits for both:
 ///
-/// `drain`, `prepare_drain`, `undo` and `reopen` take a small lock that keeps the passes over
-/// the slots in the order of the closes and opens (guards never take it).
+/// - **Thread-local entries** (the hot path, Linux and Android): a [`Guard`](crate::Guard)
+///   writes the drainable's id into an entry of its thread's own 128-byte record with a plain
+///   store and re-reads the lifecycle word; dropping it stores 0. No locked instruction and
+///   no shared cache line written. The drain side pays instead: after closing it runs
+///   `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` (one system call, a few microseconds with
+///   other threads running) and scans every thread's record, sleeping on a record's futex
+///   until its entries of this drainable clear.
+/// - **Per-CPU slots**: cache-line-padded, one per CPU. Taking a guard is a CAS on the
+///   current CPU's slot, dropping it a `fetch_sub` on the slot it was taken on, wherever the
+///   thread runs by then. A close *folds* every slot into one central count with one
+///   read-modify-write per slot, so the drain waits for an exact count, and the drop that
+///   takes it to zero wakes the drainer. Used by [`OwnedGuard`](crate::OwnedGuard)s (they may
+///   be dropped on another thread), by a thread's fifth and later guard held at once, and for
+///   every guard where `membarrier` is unavailable (other platforms, old kernels, seccomp,
+///   or the environment variable `DRAINABLE_NO_MEMBARRIER` set at first use).
+///
+/// `docs/design.md` §6 has the whole argument. `drain`, `prepare_drain`, `undo` and `reopen`
+/// take a small lock that keeps the passes over the slots in the order of the closes and
+/// opens (guards never take it).
 ///
 /// # Memory
 ///
-/// `128 × slots` bytes on the heap, `slots` being the number of CPUs rounded up to a power of
-/// two and capped at 64 (CPUs beyond share slots; correctness does not depend on it), plus
-/// about 48 bytes inline.
+/// Per drainable: `128 × slots` bytes on the heap, `slots` being the number of CPUs rounded
+/// up to a power of two and capped at 64 (CPUs beyond share slots; correctness does not depend
+/// on it), plus about 56 bytes inline. Per process: one 128-byte record per thread alive at
+/// once that has taken a per-CPU guard, shared by all per-CPU drainables (reused when the
+/// thread exits, never freed).
 ///
 /// ```
 /// let d = drainable::PerCpuDrainable::new(());
@@ -152,6 +186,8 @@ impl sealed::CounterImpl for Shared {
 /// assert!(slots.is_power_of_two() && slots <= 64);
 /// ```
 pub struct PerCpu {
+    /// Marks this drainable's guards in the thread-local entries. Unique in the process.
+    id: u64,
     slots: Folding,
     control: Mutex<()>,
 }
@@ -164,29 +200,71 @@ impl fmt::Debug for PerCpu {
     }
 }
 
+/// Where a per-CPU guard is counted.
+///
+/// `pub` only because the sealed counter trait names it; not reachable from outside.
+#[allow(unreachable_pub, missing_debug_implementations)]
+#[derive(Clone, Copy)]
+pub struct PerCpuTicket(Place);
+
+#[derive(Clone, Copy)]
+enum Place {
+    Local(LocalHold),
+    Slot(u32),
+}
+
 impl Counter for PerCpu {}
 
 impl sealed::CounterImpl for PerCpu {
-    type Ticket = u32;
+    type Ticket = PerCpuTicket;
     const NAME: &'static str = "PerCpuDrainable";
     const CLOSE_TOKEN: u32 = state::ONE;
 
     fn new_counter() -> Self {
         PerCpu {
+            id: sync::unique_id(),
             slots: Folding::new(),
             control: Mutex::new(()),
         }
     }
 
     #[inline]
-    fn try_acquire(&self, _word: &AtomicU32) -> Result<u32, Refused> {
-        self.slots.try_increment().map_err(refused)
+    fn try_acquire(&self, word: &AtomicU32) -> Result<PerCpuTicket, Refused> {
+        match local::try_hold(self.id, word) {
+            Some(Ok(hold)) => Ok(PerCpuTicket(Place::Local(hold))),
+            Some(Err(refused)) => Err(refused),
+            None => self.try_acquire_owned(word),
+        }
     }
 
     #[inline]
-    unsafe fn release(this: *const Self, word: *const AtomicU32, index: u32) {
-        // SAFETY: forwarded: `this` is live and the caller owns the count on slot `index`.
-        unsafe { Folding::decrement(std::ptr::addr_of!((*this).slots), index, word) }
+    fn try_acquire_owned(&self, _word: &AtomicU32) -> Result<PerCpuTicket, Refused> {
+        match self.slots.try_increment() {
+            Ok(index) => Ok(PerCpuTicket(Place::Slot(index))),
+            Err(value) => Err(refused(value)),
+        }
+    }
+
+    #[inline]
+    unsafe fn release(this: *const Self, word: *const AtomicU32, ticket: PerCpuTicket) {
+        match ticket.0 {
+            // SAFETY: forwarded: the caller owns this hold.
+            Place::Local(hold) => unsafe { local::release(hold) },
+            // SAFETY: forwarded: `this` is live and the caller owns the count on slot `index`.
+            Place::Slot(index) => unsafe {
+                Folding::decrement(std::ptr::addr_of!((*this).slots), index, word)
+            },
+        }
+    }
+
+    fn wait_held(
+        &self,
+        word: &AtomicU32,
+        hold: state::Hold,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<(), usize> {
+        local::wait_released(self.id, word, hold, deadline)
+            .map_err(|local| local + self.slots.outstanding())
     }
 
     fn lock_control(&self) -> Option<MutexGuard<'_, ()>> {
@@ -205,10 +283,12 @@ impl sealed::CounterImpl for PerCpu {
 
     fn opened(&self, word: &AtomicU32) {
         self.slots.unfold(word);
+        // A committed drainer still waiting for an entry must see the reopen and return.
+        local::wake_waiters();
     }
 
     fn outstanding(&self, _word: u32) -> usize {
-        self.slots.outstanding()
+        self.slots.outstanding() + local::outstanding(self.id)
     }
 
     fn heap_bytes(&self) -> usize {

@@ -305,7 +305,7 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
     #[inline]
     #[must_use = "a guard that is not kept is released at once"]
     pub fn try_acquire_owned(self: &Arc<Self>) -> Option<OwnedGuard<T, C>> {
-        match self.counter.try_acquire(&self.state) {
+        match self.counter.try_acquire_owned(&self.state) {
             Ok(ticket) => Some(OwnedGuard {
                 drainable: Arc::clone(self),
                 ticket,
@@ -355,7 +355,7 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
                 self.counter.closed(&self.state);
             }
         }
-        let drained = state::wait_drained(&self.state, Hold::Committed, None);
+        let drained = self.wait(Hold::Committed, None);
         debug_assert!(drained.is_ok());
     }
 
@@ -387,14 +387,13 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
     pub fn drain_timeout(&self, timeout: Duration) -> Result<(), DrainTimeoutError> {
         let pending = self.prepare_drain();
         let deadline = Instant::now().checked_add(timeout);
-        match state::wait_drained(&self.state, Hold::Pending, deadline) {
+        match self.wait(Hold::Pending, deadline) {
             Ok(()) => {
                 // The wait gave the pending close back when it committed.
                 std::mem::forget(pending);
                 Ok(())
             }
-            Err(seen) => {
-                let outstanding = self.outstanding_at_timeout(seen);
+            Err(outstanding) => {
                 pending.undo();
                 Err(DrainTimeoutError { outstanding })
             }
@@ -528,6 +527,15 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
         } else {
             self.outstanding().max(1)
         }
+    }
+
+    /// Waits until the close held by `hold` has drained: first for the guards the counter
+    /// keeps outside the word (thread-local entries), then for the word's count. On timeout
+    /// returns the guards outstanding; the hold stays in place.
+    fn wait(&self, hold: Hold, deadline: Option<Instant>) -> Result<(), usize> {
+        self.counter.wait_held(&self.state, hold, deadline)?;
+        state::wait_drained(&self.state, hold, deadline)
+            .map_err(|seen| self.outstanding_at_timeout(seen))
     }
 
     /// Removes one pending close; reopens (and unfolds the counters) if it was the last close.
@@ -791,7 +799,7 @@ impl<'a, T: ?Sized, C: Counter> PendingDrain<'a, T, C> {
     pub fn commit(self) {
         track::assert_not_held(self.drainable.addr(), "PendingDrain::commit");
         let this = std::mem::ManuallyDrop::new(self);
-        let drained = state::wait_drained(&this.drainable.state, Hold::Pending, None);
+        let drained = this.drainable.wait(Hold::Pending, None);
         debug_assert!(drained.is_ok());
     }
 
@@ -818,7 +826,7 @@ impl<'a, T: ?Sized, C: Counter> PendingDrain<'a, T, C> {
     /// ```
     pub fn commit_timeout(self, timeout: Duration) -> Result<(), PendingDrain<'a, T, C>> {
         let deadline = Instant::now().checked_add(timeout);
-        match state::wait_drained(&self.drainable.state, Hold::Pending, deadline) {
+        match self.drainable.wait(Hold::Pending, deadline) {
             Ok(()) => {
                 std::mem::forget(self);
                 Ok(())

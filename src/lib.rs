@@ -73,6 +73,7 @@ pub mod cpu;
 mod drainable;
 mod fold;
 mod grace;
+mod local;
 mod registry;
 mod state;
 mod sync;

@@ -109,8 +109,11 @@ pub(crate) const fn phase(word: u32) -> Phase {
 }
 
 /// What a waiter holds while it waits, which decides how it finishes.
+///
+/// `pub` only because the sealed counter trait names it; not reachable from outside.
+#[allow(unreachable_pub)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Hold {
+pub enum Hold {
     /// The waiter set `COMMITTED` (a plain `drain`).
     Committed,
     /// The waiter holds one pending close (a `PendingDrain`); on success it trades it for

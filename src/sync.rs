@@ -6,15 +6,19 @@
 
 #[cfg(not(drainable_loom))]
 pub(crate) use std::sync::{
-    atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering},
+    atomic::{fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering},
     Mutex, MutexGuard,
 };
 
 #[cfg(drainable_loom)]
 pub(crate) use loom::sync::{
-    atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering},
+    atomic::{fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering},
     Mutex, MutexGuard,
 };
+
+/// Only the real builds use it: under Miri and loom the acquirer side runs a full fence.
+#[cfg(not(any(miri, drainable_loom)))]
+pub(crate) use std::sync::atomic::compiler_fence;
 
 /// Under loom, the registry's slots are loom's checked cells: loom then reports a write to a
 /// slot's value (registering, removing) that is not ordered with a caller's read of it.

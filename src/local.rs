@@ -1,0 +1,502 @@
+//! Thread-local holds: the hot path of [`PerCpu`](crate::PerCpu) without a locked instruction.
+//!
+//! Every thread that takes a [`Guard`](crate::Guard) of a per-CPU drainable gets a *record*: a
+//! 128-byte line of its own with [`ENTRIES`] entries. Taking a guard writes the drainable's
+//! id into a free entry of the taking thread's record with a plain store, then re-reads the
+//! lifecycle word; dropping it stores 0 back. No read-modify-write, no shared cache line
+//! written: the cost of `crossbeam-epoch`'s pin minus its one locked instruction.
+//!
+//! # The handshake (an asymmetric Dekker)
+//!
+//! ```text
+//! acquirer                              drainer
+//!   entry = id          (store)           close the word           (RMW)
+//!   light barrier                         heavy barrier
+//!   word closed? back out (load)          scan the entries for id  (loads)
+//! ```
+//!
+//! The light barrier is a compiler fence; the heavy one is
+//! `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`, which runs a full barrier on every CPU
+//! that runs a thread of this process. Together they act as a pair of `SeqCst` fences (the
+//! kernel's `Documentation/membarrier` argument; liburcu and folly use the same pair): either
+//! the acquirer's load sees the close, or its entry is visible to the scan. So after the
+//! heavy barrier, every guard that will ever be handed out under this close is visible, and
+//! the drainer waits for exactly those entries to go back to 0. Under Miri and loom both
+//! barriers are `SeqCst` fences, which is the model of the pair (and, under loom, what the
+//! model checker explores).
+//!
+//! Waking works the same way in the other direction: a drainer that must wait on a record
+//! bumps the record's `waiters`, runs a heavy barrier and re-checks; a releaser stores 0,
+//! runs a light barrier and reads `waiters`. Either the drainer sees the 0, or the releaser
+//! sees the waiter and bumps the record's `seq` futex. The releaser touches only its own
+//! record (which lives for the whole process), never the drainable: the drainable may be
+//! freed the instant its last entry is 0.
+//!
+//! Where `membarrier` is missing (other kernels, seccomp) no record is handed out, and
+//! `PerCpu` counts every guard in its per-CPU slots (`fold.rs`), as it does for
+//! [`OwnedGuard`](crate::OwnedGuard)s, which may be released on another thread, and for a
+//! thread that already holds [`ENTRIES`] guards.
+//!
+//! # Records
+//!
+//! Records form a process-wide list that only grows; a thread's record goes back to the
+//! pool when the thread exits and the next new thread reuses it. Memory: 128 bytes per
+//! thread alive at once, shared by every per-CPU drainable. A drainer scans the whole list:
+//! its cost grows with the number of threads, not of drainables.
+//!
+//! Ids, not addresses, mark entries: a guard leaked with `mem::forget` keeps its entry (one
+//! of its thread's four) forever, but no other drainable can ever mistake it for its own.
+
+use crate::state::{self, Hold, Refused};
+use crate::sync::{self, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::time::Instant;
+
+/// Entries per record: guards one thread can hold at once on the thread-local path (further
+/// ones use the per-CPU slots).
+pub(crate) const ENTRIES: usize = 4;
+
+/// One thread's entries and the futex its drainers sleep on.
+#[repr(align(128))]
+pub(crate) struct Record {
+    /// 0, or the id of the drainable a guard of this thread holds.
+    entries: [AtomicU64; ENTRIES],
+    /// Drainers waiting for an entry of this record to clear.
+    waiters: AtomicU32,
+    /// Bumped by a release that saw `waiters`; drainers sleep on it.
+    seq: AtomicU32,
+    /// A live thread owns the record.
+    in_use: AtomicBool,
+    /// The next record in the list: set before the record is published, then never changed.
+    next: *const Record,
+}
+
+// SAFETY: `next` is written once before the record is shared and only read afterwards; every
+// other field is atomic.
+unsafe impl Sync for Record {}
+// SAFETY: as above; a record is never dropped while shared (the list only grows).
+unsafe impl Send for Record {}
+
+/// What a guard on the thread-local path remembers: its entry.
+#[derive(Clone, Copy)]
+pub(crate) struct LocalHold {
+    record: &'static Record,
+    index: usize,
+}
+
+impl Record {
+    fn holds(&self, id: u64) -> usize {
+        self.entries
+            .iter()
+            // Acquire: synchronises with the release (or later claim) stored in the entry, so
+            // a guard's accesses happen-before a drainer that sees its entry cleared.
+            .filter(|e| e.load(Ordering::Acquire) == id)
+            .count()
+    }
+
+    #[inline]
+    fn try_hold(&'static self, id: u64, word: &AtomicU32) -> Option<Result<LocalHold, Refused>> {
+        // Relaxed: a hint. Once the close is visible no acquirer writes its entry, which bounds
+        // what a drainer can find in the entries to acquirers that read "open" before it.
+        if state::is_closed(word.load(Ordering::Relaxed)) {
+            return Some(Err(Refused::Closed));
+        }
+        // Relaxed: only this thread writes ids into its record (a drainer only reads).
+        let index = self
+            .entries
+            .iter()
+            .position(|e| e.load(Ordering::Relaxed) == 0)?;
+        // Release: a drainer that reads this value has seen this thread's earlier releases
+        // of the entry (a claim after a clear must not hide the clear's ordering).
+        self.entries[index].store(id, Ordering::Release);
+        light_barrier();
+        // Acquire: open → acquirer (pairs with the Release of `reopen` / `undo`).
+        if state::is_closed(word.load(Ordering::Acquire)) {
+            // SAFETY: this thread just claimed the entry.
+            unsafe {
+                release(LocalHold {
+                    record: self,
+                    index,
+                })
+            };
+            return Some(Err(Refused::Closed));
+        }
+        Some(Ok(LocalHold {
+            record: self,
+            index,
+        }))
+    }
+}
+
+/// Takes a guard of the drainable with `id` on this thread's record. `None` when this thread
+/// has no record (no `membarrier`, or the thread is exiting) or all its entries are taken: the
+/// caller counts the guard elsewhere.
+#[inline]
+pub(crate) fn try_hold(id: u64, word: &AtomicU32) -> Option<Result<LocalHold, Refused>> {
+    current()?.try_hold(id, word)
+}
+
+/// Gives a thread-local guard back.
+///
+/// # Safety
+/// The caller owns `hold` (it took it and gives it back once). Touches only the record, which
+/// lives for the whole process, so the drainable may be freed during or after the call.
+#[inline]
+pub(crate) unsafe fn release(hold: LocalHold) {
+    let record = hold.record;
+    // Release: everything done under the guard happens-before a drainer that reads the 0.
+    record.entries[hold.index].store(0, Ordering::Release);
+    light_barrier();
+    // Relaxed: the barriers order it (see the module docs); a waiter is re-checked anyway.
+    if record.waiters.load(Ordering::Relaxed) != 0 {
+        wake(record);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn wake(record: &Record) {
+    // Release: a drainer that reads the new `seq` sees the entry cleared.
+    record.seq.fetch_add(1, Ordering::Release);
+    sync::wake_all(&record.seq);
+}
+
+/// Guards of `id` on the thread-local path, as a snapshot.
+pub(crate) fn outstanding(id: u64) -> usize {
+    records().map(|r| r.holds(id)).sum()
+}
+
+/// Waits, after a close of `word`, until no entry holds `id`, or until `deadline`.
+///
+/// Returns early once `word` says the drain is over: `DRAINED` (another waiter finished it), or,
+/// for a committed hold, open again (reopened after that). On timeout returns the number of
+/// entries still holding `id` (at least 1).
+pub(crate) fn wait_released(
+    id: u64,
+    word: &AtomicU32,
+    hold: Hold,
+    deadline: Option<Instant>,
+) -> Result<(), usize> {
+    if !enabled() {
+        return Ok(());
+    }
+    // After this, every acquirer that read the word open before the close has its entry
+    // visible to the scan (and every later one sees the close and backs out).
+    heavy_barrier();
+    for record in records() {
+        if record.holds(id) == 0 {
+            continue;
+        }
+        match wait_record(record, id, word, hold, deadline) {
+            Waited::Clear => {}
+            Waited::Over => return Ok(()),
+            Waited::TimedOut => return Err(outstanding(id).max(1)),
+        }
+    }
+    Ok(())
+}
+
+enum Waited {
+    Clear,
+    Over,
+    TimedOut,
+}
+
+fn wait_record(
+    record: &Record,
+    id: u64,
+    word: &AtomicU32,
+    hold: Hold,
+    deadline: Option<Instant>,
+) -> Waited {
+    // Relaxed: ordered by the heavy barrier that follows.
+    record.waiters.fetch_add(1, Ordering::Relaxed);
+    // A releaser that clears an entry after this barrier sees `waiters` and wakes us; one
+    // that cleared it before is seen by the loads below. Also orders the `waiters` increment
+    // before the word load, against `wake_waiters` (a reopen).
+    heavy_barrier();
+    let mut spins = sync::SPIN_LIMIT;
+    let outcome = loop {
+        // Acquire: pairs with the bump in `wake` (the entry cleared before it).
+        let seq = record.seq.load(Ordering::Acquire);
+        // Acquire: a drain finished by another waiter, or a reopen, is seen with what led to it.
+        if is_over(word.load(Ordering::Acquire), hold) {
+            break Waited::Over;
+        }
+        if record.holds(id) == 0 {
+            break Waited::Clear;
+        }
+        if spins > 0 {
+            spins -= 1;
+            sync::spin_hint();
+            continue;
+        }
+        match deadline {
+            None => sync::wait(&record.seq, seq),
+            Some(deadline) => {
+                if sync::wait_until(&record.seq, seq, deadline) && record.holds(id) != 0 {
+                    break Waited::TimedOut;
+                }
+            }
+        }
+    };
+    // Relaxed: a stale non-zero only costs a releaser one needless wake.
+    record.waiters.fetch_sub(1, Ordering::Relaxed);
+    outcome
+}
+
+/// Whether a waiter holding `hold` is done whatever the entries say: the word was drained
+/// (by a waiter that saw every entry clear), or, for a committed hold, reopened since.
+fn is_over(word: u32, hold: Hold) -> bool {
+    word & state::DRAINED != 0 || (hold == Hold::Committed && !state::is_closed(word))
+}
+
+/// Wakes every drainer waiting on a record, so that it re-reads the lifecycle word. Called
+/// after a drainable is reopened: a committed drainer still waiting must return rather than
+/// wait for guards taken after the reopen.
+pub(crate) fn wake_waiters() {
+    if !enabled() {
+        return;
+    }
+    // SeqCst: the reopen (an RMW on the word, before this) and the loads of `waiters` below
+    // against a waiter's increment and heavy barrier before its load of the word: one of the
+    // two sees the other.
+    sync::fence(Ordering::SeqCst);
+    for record in records() {
+        // Relaxed: ordered by the fence above.
+        if record.waiters.load(Ordering::Relaxed) != 0 {
+            wake(record);
+        }
+    }
+}
+
+/// The orderings of the acquirer side: a compiler fence where the drainer side runs
+/// `membarrier`; a `SeqCst` fence under Miri and loom, which model the pair.
+#[inline(always)]
+fn light_barrier() {
+    #[cfg(not(any(miri, drainable_loom)))]
+    sync::compiler_fence(Ordering::SeqCst);
+    #[cfg(any(miri, drainable_loom))]
+    sync::fence(Ordering::SeqCst);
+}
+
+fn heavy_barrier() {
+    #[cfg(not(any(miri, drainable_loom)))]
+    membarrier::expedited();
+    #[cfg(any(miri, drainable_loom))]
+    sync::fence(Ordering::SeqCst);
+}
+
+/// Whether records are handed out at all (decided once per process).
+fn enabled() -> bool {
+    #[cfg(not(any(miri, drainable_loom)))]
+    return membarrier::registered();
+    #[cfg(any(miri, drainable_loom))]
+    return true;
+}
+
+/// The records, newest first.
+fn records() -> impl Iterator<Item = &'static Record> {
+    // Acquire: pairs with the Release of the push, which published `next` and the atomics.
+    let mut next: *const Record = head().load(Ordering::Acquire);
+    std::iter::from_fn(move || {
+        // SAFETY: records are never freed, and `next` was set before the record's push.
+        let record = unsafe { next.as_ref()? };
+        next = record.next;
+        Some(record)
+    })
+}
+
+#[cfg(not(drainable_loom))]
+fn head() -> &'static AtomicPtr<Record> {
+    static HEAD: AtomicPtr<Record> = AtomicPtr::new(std::ptr::null_mut());
+    &HEAD
+}
+
+/// Under loom the list lives in the execution (each explored execution starts empty); the
+/// records of earlier executions are leaked, never touched again.
+#[cfg(drainable_loom)]
+fn head() -> &'static AtomicPtr<Record> {
+    loom::lazy_static! {
+        static ref HEAD: AtomicPtr<Record> = AtomicPtr::new(std::ptr::null_mut());
+    }
+    &HEAD
+}
+
+/// A free record (from a thread that exited) or a new one.
+fn claim_record() -> &'static Record {
+    for record in records() {
+        // Acquire: the exiting thread's last entry writes are seen (its entries stay as they
+        // are; a leaked guard keeps its entry).
+        if !record.in_use.load(Ordering::Relaxed)
+            && record
+                .in_use
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        {
+            return record;
+        }
+    }
+    let record: &'static mut Record = Box::leak(Box::new(Record {
+        entries: std::array::from_fn(|_| AtomicU64::new(0)),
+        waiters: AtomicU32::new(0),
+        seq: AtomicU32::new(0),
+        in_use: AtomicBool::new(true),
+        next: std::ptr::null(),
+    }));
+    let head = head();
+    // Relaxed: the CAS below publishes.
+    let mut cur = head.load(Ordering::Relaxed);
+    loop {
+        record.next = cur;
+        // Release: publishes the record's fields to scanners (their Acquire load of the head).
+        match head.compare_exchange_weak(
+            cur,
+            record as *mut Record,
+            Ordering::Release,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => return record,
+            Err(actual) => cur = actual,
+        }
+    }
+}
+
+/// This thread's record, claimed on first use. `None` where records are disabled.
+#[cfg(not(drainable_loom))]
+#[inline]
+fn current() -> Option<&'static Record> {
+    use std::cell::Cell;
+    thread_local! {
+        /// Null before first use, `NONE` when this thread has no record, else the record.
+        /// No destructor, so the fast path is one thread-pointer-relative load.
+        static CURRENT: Cell<*const Record> = const { Cell::new(std::ptr::null()) };
+    }
+    #[cold]
+    #[inline(never)]
+    fn first_use() -> Option<&'static Record> {
+        /// Gives the record back when the thread exits.
+        struct Owner(Cell<Option<&'static Record>>);
+        impl Drop for Owner {
+            fn drop(&mut self) {
+                if let Some(record) = self.0.get() {
+                    // From now on this thread counts in the slots (another TLS destructor may
+                    // still take guards).
+                    CURRENT.with(|c| c.set(NONE));
+                    // Release: the next owner sees this thread's entry writes.
+                    record.in_use.store(false, Ordering::Release);
+                }
+            }
+        }
+        thread_local! {
+            static OWNER: Owner = const { Owner(Cell::new(None)) };
+        }
+        let record = if enabled() {
+            // During thread exit (OWNER already gone) no record is claimed.
+            OWNER
+                .try_with(|owner| {
+                    let record = claim_record();
+                    owner.0.set(Some(record));
+                    record
+                })
+                .ok()
+        } else {
+            None
+        };
+        CURRENT.with(|c| c.set(record.map_or(NONE, |r| r as *const Record)));
+        record
+    }
+    const NONE: *const Record = std::ptr::NonNull::<Record>::dangling().as_ptr();
+    let p = CURRENT.with(Cell::get);
+    if p.is_null() {
+        return first_use();
+    }
+    if p == NONE {
+        return None;
+    }
+    // SAFETY: a record pointer stored by `first_use`; records are never freed.
+    Some(unsafe { &*p })
+}
+
+/// Under loom: one record per model thread, never given back.
+#[cfg(drainable_loom)]
+fn current() -> Option<&'static Record> {
+    use std::cell::Cell;
+    loom::thread_local! {
+        static CURRENT: Cell<Option<&'static Record>> = Cell::new(None);
+    }
+    CURRENT.with(|c| {
+        if c.get().is_none() {
+            c.set(Some(claim_record()));
+        }
+        c.get()
+    })
+}
+
+/// `membarrier(2)`: registration once per process, then the expedited barrier.
+#[cfg(not(any(miri, drainable_loom)))]
+mod membarrier {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    mod sys {
+        // From <linux/membarrier.h>.
+        const CMD_QUERY: libc::c_int = 0;
+        const CMD_PRIVATE_EXPEDITED: libc::c_int = 1 << 3;
+        const CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_int = 1 << 4;
+
+        fn call(cmd: libc::c_int) -> libc::c_long {
+            // SAFETY: membarrier takes no pointers; flags 0, cpu_id 0.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_membarrier,
+                    cmd,
+                    0 as libc::c_uint,
+                    0 as libc::c_int,
+                )
+            }
+        }
+
+        /// Queries and registers; `false` if the kernel (or a seccomp filter) refuses.
+        pub(super) fn register() -> bool {
+            if std::env::var_os("DRAINABLE_NO_MEMBARRIER").is_some() {
+                return false;
+            }
+            let supported = call(CMD_QUERY);
+            let needed = (CMD_PRIVATE_EXPEDITED | CMD_REGISTER_PRIVATE_EXPEDITED) as libc::c_long;
+            supported >= 0
+                && supported & needed == needed
+                && call(CMD_REGISTER_PRIVATE_EXPEDITED) == 0
+        }
+
+        pub(super) fn expedited() {
+            let r = call(CMD_PRIVATE_EXPEDITED);
+            // Cannot fail once registered (it has no EINTR); a failure would break the
+            // handshake, so it is not ignored.
+            assert_eq!(
+                r, 0,
+                "drainable: membarrier(PRIVATE_EXPEDITED) failed after registration"
+            );
+        }
+    }
+
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    mod sys {
+        pub(super) fn register() -> bool {
+            false
+        }
+        pub(super) fn expedited() {}
+    }
+
+    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+    /// Whether the process is registered for expedited barriers. Decided once; every caller
+    /// sees the same answer (the `OnceLock` orders it), so no acquirer can skip the barrier
+    /// a drainer relies on.
+    pub(super) fn registered() -> bool {
+        *REGISTERED.get_or_init(sys::register)
+    }
+
+    pub(super) fn expedited() {
+        if registered() {
+            sys::expedited();
+        }
+    }
+}
