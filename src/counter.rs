@@ -93,6 +93,12 @@ pub(crate) mod sealed {
 
         /// Bytes this counter uses outside the drainable itself.
         fn heap_bytes(&self) -> usize;
+
+        /// The id that marks thread-local entries (tests only; 0 where there is none).
+        #[cfg(all(test, not(drainable_loom)))]
+        fn test_id(&self) -> u64 {
+            0
+        }
     }
 }
 
@@ -293,6 +299,11 @@ impl sealed::CounterImpl for PerCpu {
 
     fn heap_bytes(&self) -> usize {
         self.slots.heap_bytes()
+    }
+
+    #[cfg(all(test, not(drainable_loom)))]
+    fn test_id(&self) -> u64 {
+        self.id
     }
 }
 

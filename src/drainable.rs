@@ -496,6 +496,14 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
         &mut self.value
     }
 
+    #[cfg(all(test, not(drainable_loom)))]
+    pub(crate) fn counter_id(&self) -> u64
+    where
+        C: crate::counter::sealed::CounterImpl,
+    {
+        self.counter.test_id()
+    }
+
     fn addr(&self) -> usize {
         self as *const Self as *const () as usize
     }

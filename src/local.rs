@@ -507,3 +507,112 @@ mod membarrier {
         }
     }
 }
+
+#[cfg(all(test, not(drainable_loom)))]
+mod tests {
+    use super::*;
+    use crate::PerCpuDrainable;
+    use std::sync::atomic::{AtomicBool, Ordering as O};
+    use std::sync::mpsc;
+    use std::thread;
+    use std::time::Duration;
+
+    /// Guards of `d` that sit in thread-local entries right now.
+    fn local_guards<T>(d: &PerCpuDrainable<T>) -> usize {
+        outstanding(d.counter_id())
+    }
+
+    #[test]
+    fn first_guards_use_entries_and_the_rest_the_slots() {
+        if !enabled() {
+            return; // no membarrier here: every guard is in the slots, tested elsewhere
+        }
+        let d = PerCpuDrainable::new(5);
+        let guards: Vec<_> = (0..ENTRIES + 2).map(|_| d.try_acquire().unwrap()).collect();
+        assert_eq!(local_guards(&d), ENTRIES, "one entry per guard, up to the limit");
+        let p = d.prepare_drain();
+        assert_eq!(p.outstanding(), ENTRIES + 2, "entries and slots both counted");
+        let p = p.commit_timeout(Duration::ZERO).unwrap_err();
+        drop(guards);
+        assert_eq!(local_guards(&d), 0);
+        p.commit();
+        assert!(d.is_drained());
+    }
+
+    #[test]
+    fn drain_waits_for_entries_and_slots_held_on_another_thread() {
+        let d = PerCpuDrainable::new(0u32);
+        let released = AtomicBool::new(false);
+        thread::scope(|s| {
+            let (held_tx, held_rx) = mpsc::channel();
+            let (go_tx, go_rx) = mpsc::channel::<()>();
+            let (d, released) = (&d, &released);
+            s.spawn(move || {
+                // Past the entries, so the drain waits on both kinds of count.
+                let guards: Vec<_> = (0..ENTRIES + 1).map(|_| d.try_acquire().unwrap()).collect();
+                held_tx.send(()).unwrap();
+                let _ = go_rx.recv();
+                released.store(true, O::SeqCst);
+                drop(guards);
+            });
+            held_rx.recv().unwrap();
+            let err = d.drain_timeout(Duration::ZERO).unwrap_err();
+            assert_eq!(err.outstanding(), ENTRIES + 1);
+            assert!(d.is_open(), "a timed drain that failed reopens");
+            go_tx.send(()).unwrap();
+            d.drain();
+            assert!(released.load(O::SeqCst), "drain returned before the guards were dropped");
+        });
+    }
+
+    #[test]
+    fn a_forgotten_guard_never_blocks_another_drainable() {
+        let first = PerCpuDrainable::new(1);
+        std::mem::forget(first.try_acquire().unwrap());
+        assert_eq!(first.drain_timeout(Duration::ZERO).unwrap_err().outstanding(), 1);
+        drop(first);
+        // Perhaps at the same address: ids, not addresses, mark the entries.
+        let second = PerCpuDrainable::new(2);
+        assert_eq!(second.drain_timeout(Duration::from_secs(60)), Ok(()));
+    }
+
+    #[test]
+    fn a_record_goes_back_when_its_thread_exits_and_keeps_a_leaked_entry() {
+        if !enabled() {
+            return;
+        }
+        let d = PerCpuDrainable::new(());
+        let record = thread::scope(|s| {
+            s.spawn(|| {
+                std::mem::forget(d.try_acquire().unwrap());
+                current().unwrap() as *const Record as usize
+            })
+            .join()
+            .unwrap()
+        });
+        // SAFETY: records are never freed.
+        let record = unsafe { &*(record as *const Record) };
+        // The thread is gone; another thread may already have claimed the record, but the
+        // leaked entry stays: the drainable is never reported drained by mistake.
+        assert_eq!(record.holds(d.counter_id()), 1);
+        assert_eq!(d.drain_timeout(Duration::ZERO).unwrap_err().outstanding(), 1);
+    }
+
+    #[test]
+    fn many_threads_share_the_records_they_leave() {
+        if !enabled() {
+            return;
+        }
+        let d = PerCpuDrainable::new(());
+        for _ in 0..crate::tests::iters(20, 3) {
+            thread::scope(|s| {
+                s.spawn(|| drop(d.try_acquire().unwrap()));
+            });
+        }
+        // Twenty threads one after another need far fewer than twenty new records (other tests
+        // run at the same time, so the bound is loose).
+        let records = records().count();
+        assert!(records < 64, "{records} records: exited threads' records are not reused");
+        d.drain();
+    }
+}
