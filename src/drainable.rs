@@ -4,7 +4,8 @@
 //!
 //! The lifecycle lives in one `u32` (see `state.rs` and `docs/design.md`), which is also the
 //! futex a drain sleeps on until the last guard's drop wakes it. Where guards are counted is
-//! the [`Counter`]'s business: in that word for [`Shared`], in per-CPU slots for [`PerCpu`].
+//! the [`Counter`]'s business: in that word for [`Shared`]; for [`PerCpu`], in the taking
+//! thread's own entries (plain stores, `membarrier` on the drain side) or in per-CPU slots.
 
 use crate::counter::sealed::CounterImpl;
 use crate::counter::{Counter, PerCpu, Shared};
@@ -38,17 +39,20 @@ use std::time::{Duration, Instant};
 ///
 /// # Costs and guarantees
 ///
-/// - [`try_acquire`](Self::try_acquire) and dropping a [`Guard`]: lock-free, one atomic
-///   read-modify-write each on the fast path. [`Drainable`]: a relaxed load and a `fetch_add`
-///   on the shared word, no CAS loop; all readers share that cache line, so under heavy
-///   multi-core use it bounces. [`PerCpuDrainable`]: a CAS on the current CPU's slot (retried
-///   only if a thread on the same CPU changed it in between) and a `fetch_sub` on the slot the
-///   guard was taken on; readers on different CPUs touch different lines.
+/// - [`try_acquire`](Self::try_acquire) and dropping a [`Guard`]: lock-free.
+///   [`Drainable`]: a relaxed load and a `fetch_add` on the shared word, then a `fetch_sub`,
+///   no CAS loop; all readers share that cache line, so under heavy multi-core use it
+///   bounces. [`PerCpuDrainable`]: wait-free on Linux with `membarrier`: two loads and a
+///   plain store into the thread's own entry, then a plain store and a load, no
+///   read-modify-write at all; elsewhere, and for [`OwnedGuard`]s, a CAS on the current
+///   CPU's slot (retried only if a thread on the same CPU changed it in between) and a
+///   `fetch_sub` on that slot. Readers on different CPUs never write the same line.
 /// - [`drain`](Self::drain): blocking and starvation-free. Once closed it waits only for the
 ///   guards taken before the close, however busy the acquirers are: a failed acquisition does
 ///   not write to the word once the close is visible to it.
 /// - `size_of::<Drainable<()>>() == 4`, and its `Guard` is one pointer. A `PerCpuDrainable`
-///   takes about 48 bytes plus 128 per slot (see [`PerCpu`]); its `Guard` adds the slot index.
+///   takes about 56 bytes plus 128 per slot, plus 128 bytes per thread for the whole process
+///   (see [`PerCpu`]); its `Guard` adds where the guard is counted (two words).
 ///
 /// # Leaked guards
 ///
@@ -123,8 +127,8 @@ pub struct DrainableWith<T: ?Sized, C: Counter = Shared> {
 /// ```
 pub type Drainable<T> = DrainableWith<T, Shared>;
 
-/// A drainable whose guards are counted in per-CPU slots, so readers on different cores never
-/// write the same cache line: see [`DrainableWith`] for every method, and [`PerCpu`] for the
+/// A drainable whose guards are counted per thread and per CPU, so readers on different cores
+/// never write the same cache line and one reader pays no locked instruction: see [`DrainableWith`] for every method, and [`PerCpu`] for the
 /// algorithm and the memory it takes. Same contract as [`Drainable`]; switch with one line.
 ///
 /// ```
@@ -245,7 +249,9 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
     /// [`drain_timeout`](Self::drain_timeout) closed it, until it is reopened).
     ///
     /// Lock-free: for [`Drainable`] one relaxed load and one `fetch_add`, no CAS loop; for
-    /// [`PerCpuDrainable`] one uncontended CAS on the current CPU's slot. A successful
+    /// [`PerCpuDrainable`] two loads and a plain store into this thread's entry (or, without
+    /// `membarrier` or past four guards held at once, one uncontended CAS on the current
+    /// CPU's slot). A successful
     /// acquisition *acquires* what opened it, so everything done before the
     /// [`reopen`](Self::reopen) or [`undo`](PendingDrain::undo) that opened it is visible
     /// through the guard.

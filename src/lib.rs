@@ -14,8 +14,10 @@
 //! - [`Drainable<T>`]: one 32-bit counter word. Smallest (4 bytes plus `T`), `const`-
 //!   constructible for `static`s, cheapest on one thread. Readers on many cores share its
 //!   cache line.
-//! - [`PerCpuDrainable<T>`]: the same contract with guards counted in per-CPU slots, so the
-//!   hot path stays flat as cores are added; 128 bytes per slot. Both are
+//! - [`PerCpuDrainable<T>`]: the same contract with guards counted in the taking thread's own
+//!   cache line (plain stores; the drain side pays a `membarrier`), or in per-CPU slots, so
+//!   the hot path stays flat as cores are added and beats `crossbeam-epoch`'s pin even on one
+//!   thread; 128 bytes per slot. Both are
 //!   [`DrainableWith<T, C>`](DrainableWith) with a different [`Counter`], so generic code and
 //!   a one-line switch work.
 //! - [`GraceCell<T>`] and [`GraceDomain`]: for *replacing* rather than removing. Readers

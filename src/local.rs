@@ -529,9 +529,17 @@ mod tests {
         }
         let d = PerCpuDrainable::new(5);
         let guards: Vec<_> = (0..ENTRIES + 2).map(|_| d.try_acquire().unwrap()).collect();
-        assert_eq!(local_guards(&d), ENTRIES, "one entry per guard, up to the limit");
+        assert_eq!(
+            local_guards(&d),
+            ENTRIES,
+            "one entry per guard, up to the limit"
+        );
         let p = d.prepare_drain();
-        assert_eq!(p.outstanding(), ENTRIES + 2, "entries and slots both counted");
+        assert_eq!(
+            p.outstanding(),
+            ENTRIES + 2,
+            "entries and slots both counted"
+        );
         let p = p.commit_timeout(Duration::ZERO).unwrap_err();
         drop(guards);
         assert_eq!(local_guards(&d), 0);
@@ -561,7 +569,10 @@ mod tests {
             assert!(d.is_open(), "a timed drain that failed reopens");
             go_tx.send(()).unwrap();
             d.drain();
-            assert!(released.load(O::SeqCst), "drain returned before the guards were dropped");
+            assert!(
+                released.load(O::SeqCst),
+                "drain returned before the guards were dropped"
+            );
         });
     }
 
@@ -569,7 +580,13 @@ mod tests {
     fn a_forgotten_guard_never_blocks_another_drainable() {
         let first = PerCpuDrainable::new(1);
         std::mem::forget(first.try_acquire().unwrap());
-        assert_eq!(first.drain_timeout(Duration::ZERO).unwrap_err().outstanding(), 1);
+        assert_eq!(
+            first
+                .drain_timeout(Duration::ZERO)
+                .unwrap_err()
+                .outstanding(),
+            1
+        );
         drop(first);
         // Perhaps at the same address: ids, not addresses, mark the entries.
         let second = PerCpuDrainable::new(2);
@@ -595,7 +612,10 @@ mod tests {
         // The thread is gone; another thread may already have claimed the record, but the
         // leaked entry stays: the drainable is never reported drained by mistake.
         assert_eq!(record.holds(d.counter_id()), 1);
-        assert_eq!(d.drain_timeout(Duration::ZERO).unwrap_err().outstanding(), 1);
+        assert_eq!(
+            d.drain_timeout(Duration::ZERO).unwrap_err().outstanding(),
+            1
+        );
     }
 
     #[test]
@@ -612,7 +632,10 @@ mod tests {
         // Twenty threads one after another need far fewer than twenty new records (other tests
         // run at the same time, so the bound is loose).
         let records = records().count();
-        assert!(records < 64, "{records} records: exited threads' records are not reused");
+        assert!(
+            records < 64,
+            "{records} records: exited threads' records are not reused"
+        );
         d.drain();
     }
 }

@@ -76,7 +76,9 @@ mod local_entries {
                     g.set(1);
                     drop(g);
                     reopened_rx.recv().unwrap();
-                    let g = d.try_acquire().expect("reopened, and nobody closes it again");
+                    let g = d
+                        .try_acquire()
+                        .expect("reopened, and nobody closes it again");
                     drainer.join().unwrap();
                     drop(g);
                 })
