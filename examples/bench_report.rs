@@ -214,7 +214,9 @@ fn memory_table(md: &mut String) {
         "## Memory\n\n\
          Bytes per instance holding a `()` (add the value's size), measured by this run with\n\
          `size_of_val` plus `heap_bytes()`. Per-CPU types allocate 128 bytes per slot; slots are\n\
-         the CPU count rounded up to a power of two, at most 64 (here: {slots}).\n\n\
+         the CPU count rounded up to a power of two, at most 64 (here: {slots}). Once per\n\
+         process, not per instance: `PerCpuDrainable` guards use a 128-byte record per thread\n\
+         alive at once (shared by every instance, reused when a thread exits).\n\n\
          | type | inline | heap | as a function of CPUs |\n|---|---:|---:|---|\n\
          | `Drainable<()>` | {} | {} | 4 bytes, always |\n\
          | `PerCpuDrainable<()>` | {} | {} | inline + 128 × min(64, next_pow2(CPUs)) |\n\
