@@ -10,7 +10,7 @@
 use crate::fold::Folding;
 use crate::local::{self, LocalHold};
 use crate::state::{self, Refused};
-use crate::sync::{self, AtomicU32, Mutex, MutexGuard};
+use crate::sync::{self, AtomicBool, AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering};
 use std::fmt;
 
 /// How a drainable counts its guards: [`Shared`] (one word, the default) or [`PerCpu`].
@@ -48,6 +48,9 @@ pub(crate) mod sealed {
 
         fn new_counter() -> Self;
 
+        /// A counter in the state of a drained one (for a word made `COMMITTED | DRAINED`).
+        fn new_drained_counter() -> Self;
+
         /// Takes one guard count, or refuses once closed. The guard is released on this thread.
         fn try_acquire(&self, word: &AtomicU32) -> Result<Self::Ticket, Refused>;
 
@@ -58,16 +61,17 @@ pub(crate) mod sealed {
             self.try_acquire(word)
         }
 
-        /// After a close of `word`, waits for the guards this scheme cannot hand to the word's
-        /// count (none, by default), or until `deadline`; `Err` carries how many remain.
-        /// Returns early once the word shows the drain is over for `hold`.
+        /// After the caller's close of `word`, waits for the guards this scheme does not count
+        /// through the word (none, by default), then gives back their token; or until
+        /// `deadline` (`Err` carries how many guards remain). `Ok(true)` when it saw that the
+        /// drain is over for `hold` (drained, or reopened since a committed close).
         fn wait_held(
             &self,
             _word: &AtomicU32,
             _hold: state::Hold,
             _deadline: Option<std::time::Instant>,
-        ) -> Result<(), usize> {
-            Ok(())
+        ) -> Result<bool, usize> {
+            Ok(false)
         }
 
         /// Gives back the count named by `ticket`.
@@ -122,6 +126,10 @@ impl sealed::CounterImpl for Shared {
     const CLOSE_TOKEN: u32 = 0;
 
     fn new_counter() -> Self {
+        Shared
+    }
+
+    fn new_drained_counter() -> Self {
         Shared
     }
 
@@ -195,6 +203,11 @@ pub struct PerCpu {
     /// Marks this drainable's guards in the thread-local entries. Unique in the process.
     id: u64,
     slots: Folding,
+    /// Bumped by every close of an open word (under the control lock, like the close).
+    cycle: AtomicU64,
+    /// The current close's token for the thread-local entries is still in the word: no
+    /// waiter has yet seen the entries clear after that close.
+    entries_token: AtomicBool,
     control: Mutex<()>,
 }
 
@@ -224,13 +237,26 @@ impl Counter for PerCpu {}
 impl sealed::CounterImpl for PerCpu {
     type Ticket = PerCpuTicket;
     const NAME: &'static str = "PerCpuDrainable";
-    const CLOSE_TOKEN: u32 = state::ONE;
+    /// One token for the slots (given back by the fold, `fold.rs`) and one for the
+    /// thread-local entries (given back by a waiter whose scan followed this close).
+    const CLOSE_TOKEN: u32 = 2 * state::ONE;
 
     fn new_counter() -> Self {
+        // Registers `membarrier` now, if at all, so that no guard's first use pays for it.
+        local::enabled();
         PerCpu {
             id: sync::unique_id(),
             slots: Folding::new(),
+            cycle: AtomicU64::new(0),
+            entries_token: AtomicBool::new(false),
             control: Mutex::new(()),
+        }
+    }
+
+    fn new_drained_counter() -> Self {
+        PerCpu {
+            slots: Folding::new_folded(),
+            ..Self::new_counter()
         }
     }
 
@@ -268,9 +294,32 @@ impl sealed::CounterImpl for PerCpu {
         word: &AtomicU32,
         hold: state::Hold,
         deadline: Option<std::time::Instant>,
-    ) -> Result<(), usize> {
-        local::wait_released(self.id, word, hold, deadline)
-            .map_err(|local| local + self.slots.outstanding())
+    ) -> Result<bool, usize> {
+        // Relaxed: the caller's close ran under the control lock, after the `closed` of the
+        // close it took part in (the lock orders them); so this is that close's cycle, or a
+        // later one.
+        let cycle = self.cycle.load(Ordering::Relaxed);
+        match local::wait_released(self.id, word, hold, deadline) {
+            Ok(local::Waited::Over) => Ok(true),
+            Ok(local::Waited::Clear) => {
+                let _control = self.lock_control();
+                // Relaxed: both are written only under the control lock, which we hold.
+                if self.cycle.load(Ordering::Relaxed) != cycle {
+                    // A close of an open word came since: the word was reopened after our
+                    // close. Only a committed hold allows that, and it is then over.
+                    debug_assert_eq!(hold, state::Hold::Committed);
+                    return Ok(true);
+                }
+                if self.entries_token.swap(false, Ordering::Relaxed) {
+                    // Every entry was seen clear after this close: give its token back.
+                    // SAFETY: `closed` added this token to the word for this cycle, and the
+                    // flag (under the lock) makes this the only give-back.
+                    unsafe { state::release(word) };
+                }
+                Ok(false)
+            }
+            Err(()) => Err(local::outstanding(self.id).max(1) + self.slots.outstanding()),
+        }
     }
 
     fn lock_control(&self) -> Option<MutexGuard<'_, ()>> {
@@ -284,11 +333,26 @@ impl sealed::CounterImpl for PerCpu {
     }
 
     fn closed(&self, word: &AtomicU32) {
+        // Relaxed: written under the control lock; a waiter reads it after its own close,
+        // which it made under the same lock, so the lock orders the two.
+        self.cycle.fetch_add(1, Ordering::Relaxed);
+        if local::enabled() {
+            self.entries_token.store(true, Ordering::Relaxed);
+        } else {
+            // No thread-local entries exist: nothing to wait for.
+            // SAFETY: the caller just added the close's tokens to the word.
+            unsafe { state::release(word) };
+        }
         self.slots.fold(word);
     }
 
     fn opened(&self, word: &AtomicU32) {
         self.slots.unfold(word);
+        if self.entries_token.swap(false, Ordering::Relaxed) {
+            // Reopened (an undo) before any waiter scanned: the token goes back unused.
+            // SAFETY: the token of the close that just ended, still in the word.
+            unsafe { state::release(word) };
+        }
         // A committed drainer still waiting for an entry must see the reopen and return.
         local::wake_waiters();
     }

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 /// - [`try_acquire`](Self::try_acquire) and dropping a [`Guard`]: lock-free.
 ///   [`Drainable`]: a relaxed load and a `fetch_add` on the shared word, then a `fetch_sub`,
 ///   no CAS loop; all readers share that cache line, so under heavy multi-core use it
-///   bounces. [`PerCpuDrainable`]: wait-free on Linux with `membarrier`: two loads and a
+///   bounces. [`PerCpuDrainable`], on Linux with `membarrier`: two loads and a
 ///   plain store into the thread's own entry, then a plain store and a load, no
 ///   read-modify-write at all; elsewhere, and for [`OwnedGuard`]s, a CAS on the current
 ///   CPU's slot (retried only if a thread on the same CPU changed it in between) and a
@@ -231,6 +231,16 @@ impl<T> DrainableWith<T, PerCpu> {
 }
 
 impl<T, C: Counter> DrainableWith<T, C> {
+    /// A drainable that starts drained, as if `drain()` had run (for the registry's free
+    /// slots: no system call, no pass over the counters).
+    pub(crate) fn new_drained(value: T) -> Self {
+        DrainableWith {
+            state: state::new_drained_word(),
+            counter: C::new_drained_counter(),
+            value,
+        }
+    }
+
     /// Consumes the drainable and returns the value. No guard can exist: guards borrow the
     /// drainable, and owned guards keep its `Arc` alive.
     ///
@@ -547,7 +557,11 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
     /// keeps outside the word (thread-local entries), then for the word's count. On timeout
     /// returns the guards outstanding; the hold stays in place.
     fn wait(&self, hold: Hold, deadline: Option<Instant>) -> Result<(), usize> {
-        self.counter.wait_held(&self.state, hold, deadline)?;
+        if self.counter.wait_held(&self.state, hold, deadline)? && hold == Hold::Committed {
+            // Drained or reopened since our close: done (a pending hold still has to trade
+            // itself in, below).
+            return Ok(());
+        }
         state::wait_drained(&self.state, hold, deadline)
             .map_err(|seen| self.outstanding_at_timeout(seen))
     }

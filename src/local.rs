@@ -105,11 +105,14 @@ impl Record {
         if state::is_closed(word.load(Ordering::Relaxed)) {
             return Some(Err(Refused::Closed));
         }
-        // Relaxed: only this thread writes ids into its record (a drainer only reads).
+        // Acquire: only this thread claims entries of its record, but a guard of the record's
+        // previous owner (dropped in a late thread-local destructor) may have cleared this one;
+        // the claim below must come after that clear in happens-before, so that a drainer that
+        // reads the claim also synchronises with the clear. A plain load on x86-64.
         let index = self
             .entries
             .iter()
-            .position(|e| e.load(Ordering::Relaxed) == 0)?;
+            .position(|e| e.load(Ordering::Acquire) == 0)?;
         // Release: a drainer that reads this value has seen this thread's earlier releases
         // of the entry (a claim after a clear must not hide the clear's ordering).
         self.entries[index].store(id, Ordering::Release);
@@ -170,19 +173,23 @@ pub(crate) fn outstanding(id: u64) -> usize {
     records().map(|r| r.holds(id)).sum()
 }
 
-/// Waits, after a close of `word`, until no entry holds `id`, or until `deadline`.
+/// Waits, after a close of `word`, until no entry holds `id`, or until `deadline`
+/// (`Err`).
 ///
-/// Returns early once `word` says the drain is over: `DRAINED` (another waiter finished it), or,
-/// for a committed hold, open again (reopened after that). On timeout returns the number of
-/// entries still holding `id` (at least 1).
+/// Returns [`Waited::Over`] early once `word` says the drain is over: `DRAINED` (another waiter
+/// finished it), or, for a committed hold, open again (reopened after that).
 pub(crate) fn wait_released(
     id: u64,
     word: &AtomicU32,
     hold: Hold,
     deadline: Option<Instant>,
-) -> Result<(), usize> {
+) -> Result<Waited, ()> {
+    // Acquire: a drain already over is seen with what led to it (no barrier, no scan).
+    if is_over(word.load(Ordering::Acquire), hold) {
+        return Ok(Waited::Over);
+    }
     if !enabled() {
-        return Ok(());
+        return Ok(Waited::Clear);
     }
     // After this, every acquirer that read the word open before the close has its entry
     // visible to the scan (and every later one sees the close and backs out).
@@ -191,19 +198,21 @@ pub(crate) fn wait_released(
         if record.holds(id) == 0 {
             continue;
         }
-        match wait_record(record, id, word, hold, deadline) {
+        match wait_record(record, id, word, hold, deadline)? {
             Waited::Clear => {}
-            Waited::Over => return Ok(()),
-            Waited::TimedOut => return Err(outstanding(id).max(1)),
+            Waited::Over => return Ok(Waited::Over),
         }
     }
-    Ok(())
+    Ok(Waited::Clear)
 }
 
-enum Waited {
+/// How a wait for the entries ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waited {
+    /// Every entry was seen clear after the close.
     Clear,
+    /// The word says the drain is over (see [`wait_released`]).
     Over,
-    TimedOut,
 }
 
 fn wait_record(
@@ -212,7 +221,7 @@ fn wait_record(
     word: &AtomicU32,
     hold: Hold,
     deadline: Option<Instant>,
-) -> Waited {
+) -> Result<Waited, ()> {
     // Relaxed: ordered by the heavy barrier that follows.
     record.waiters.fetch_add(1, Ordering::Relaxed);
     // A releaser that clears an entry after this barrier sees `waiters` and wakes us; one
@@ -225,10 +234,10 @@ fn wait_record(
         let seq = record.seq.load(Ordering::Acquire);
         // Acquire: a drain finished by another waiter, or a reopen, is seen with what led to it.
         if is_over(word.load(Ordering::Acquire), hold) {
-            break Waited::Over;
+            break Ok(Waited::Over);
         }
         if record.holds(id) == 0 {
-            break Waited::Clear;
+            break Ok(Waited::Clear);
         }
         if spins > 0 {
             spins -= 1;
@@ -238,8 +247,12 @@ fn wait_record(
         match deadline {
             None => sync::wait(&record.seq, seq),
             Some(deadline) => {
-                if sync::wait_until(&record.seq, seq, deadline) && record.holds(id) != 0 {
-                    break Waited::TimedOut;
+                if sync::wait_until(&record.seq, seq, deadline)
+                    && record.holds(id) != 0
+                    // Acquire: as above; a drain finished meanwhile is not a timeout.
+                    && !is_over(word.load(Ordering::Acquire), hold)
+                {
+                    break Err(());
                 }
             }
         }
@@ -285,14 +298,17 @@ fn light_barrier() {
 }
 
 fn heavy_barrier() {
+    // The language-level half: pairs with the `SeqCst` fence of `wake_waiters` (and costs
+    // nothing next to the system call).
+    sync::fence(Ordering::SeqCst);
     #[cfg(not(any(miri, drainable_loom)))]
     membarrier::expedited();
-    #[cfg(any(miri, drainable_loom))]
-    sync::fence(Ordering::SeqCst);
 }
 
-/// Whether records are handed out at all (decided once per process).
-fn enabled() -> bool {
+/// Whether records are handed out at all (decided once per process, on first call: a
+/// `membarrier` registration, which may wait for an RCU grace period in the kernel, so
+/// `PerCpu::new` calls it rather than a guard's first use).
+pub(crate) fn enabled() -> bool {
     #[cfg(not(any(miri, drainable_loom)))]
     return membarrier::registered();
     #[cfg(any(miri, drainable_loom))]
@@ -528,18 +544,22 @@ mod tests {
             return; // no membarrier here: every guard is in the slots, tested elsewhere
         }
         let d = PerCpuDrainable::new(5);
-        let guards: Vec<_> = (0..ENTRIES + 2).map(|_| d.try_acquire().unwrap()).collect();
+        // This test thread may have been given the record of an exited thread that leaked
+        // guards (other tests do): those entries stay taken.
+        let free = current()
+            .unwrap()
+            .entries
+            .iter()
+            .filter(|e| e.load(Ordering::Relaxed) == 0)
+            .count();
+        let guards: Vec<_> = (0..free + 2).map(|_| d.try_acquire().unwrap()).collect();
         assert_eq!(
             local_guards(&d),
-            ENTRIES,
-            "one entry per guard, up to the limit"
+            free,
+            "one entry per guard, up to the free ones"
         );
         let p = d.prepare_drain();
-        assert_eq!(
-            p.outstanding(),
-            ENTRIES + 2,
-            "entries and slots both counted"
-        );
+        assert_eq!(p.outstanding(), free + 2, "entries and slots both counted");
         let p = p.commit_timeout(Duration::ZERO).unwrap_err();
         drop(guards);
         assert_eq!(local_guards(&d), 0);

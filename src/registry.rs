@@ -639,13 +639,8 @@ impl<T, C: Counter> Registry<T, C> {
             capacity(MAX_CHUNKS)
         );
         let slots: Box<[Slot<T, C>]> = (0..chunk_len(k))
-            .map(|_| {
-                let slot = Slot::<T, C>::from(sync::UnsafeCell::new(None));
-                // A new drainable has no guards: this returns at once, leaving it drained,
-                // the state of every free slot.
-                slot.drain();
-                slot
-            })
+            // Drained from the start: the state of every free slot.
+            .map(|_| Slot::<T, C>::new_drained(sync::UnsafeCell::new(None)))
             .collect();
         let chunk = Box::into_raw(slots) as *mut Slot<T, C>;
         // Release: the slots' construction happens-before any caller's use of them

@@ -129,6 +129,11 @@ sync::const_fn! {
     }
 }
 
+/// A word as `drain` leaves it: closed, drained, no guards.
+pub(crate) fn new_drained_word() -> AtomicU32 {
+    AtomicU32::new(COMMITTED | DRAINED)
+}
+
 /// The outcome of an acquisition attempt that did not simply succeed.
 ///
 /// `pub` only because the sealed counter trait names it; this module is private, so it is not

@@ -102,4 +102,31 @@ mod local_entries {
             assert!(d.is_open());
         });
     }
+
+    /// (L3) A drain that finished its scan of the entries but not yet its wait on the word must
+    /// not declare a *later* close drained. Here the main thread's drain completes, reopens,
+    /// takes a guard in its entry and closes again with `prepare_drain`; the first drainer may
+    /// resume only then. The word's count must still hold the new close's token for the
+    /// entries (only a scan after that close gives it back), or that drainer would set
+    /// `DRAINED` over a live guard. Found in review; loom finds it without the entries token.
+    #[test]
+    fn a_late_drainer_cannot_drain_a_later_close() {
+        model(|| {
+            let (d, _cell) = canary();
+            let drainer = {
+                let d = Arc::clone(&d);
+                thread::spawn(move || d.drain())
+            };
+            d.drain();
+            if d.reopen() {
+                if let Some(g) = d.try_acquire() {
+                    let p = d.prepare_drain();
+                    assert!(!d.is_drained(), "drained while a guard is live");
+                    drop(g);
+                    drop(p);
+                }
+            }
+            drainer.join().unwrap();
+        });
+    }
 }
