@@ -10,7 +10,7 @@
 use crate::fold::Folding;
 use crate::local::{self, LocalHold};
 use crate::state::{self, Refused};
-use crate::sync::{self, AtomicBool, AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering};
+use crate::sync::{self, AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering};
 use std::fmt;
 
 /// How a drainable counts its guards: [`Shared`] (one word, the default) or [`PerCpu`].
@@ -203,11 +203,11 @@ pub struct PerCpu {
     /// Marks this drainable's guards in the thread-local entries. Unique in the process.
     id: u64,
     slots: Folding,
-    /// Bumped by every close of an open word (under the control lock, like the close).
-    cycle: AtomicU64,
-    /// The current close's token for the thread-local entries is still in the word: no
-    /// waiter has yet seen the entries clear after that close.
-    entries_token: AtomicBool,
+    /// `cycle << 1 | out`: `cycle` is bumped by every close of an open word (under the control
+    /// lock, like the close); `out` says the current close's token for the thread-local
+    /// entries is still in the word (no waiter has yet seen the entries clear after that
+    /// close). One word, so a waiter gives the token back with one CAS, no lock.
+    entries_token: AtomicU64,
     control: Mutex<()>,
 }
 
@@ -247,8 +247,7 @@ impl sealed::CounterImpl for PerCpu {
         PerCpu {
             id: sync::unique_id(),
             slots: Folding::new(),
-            cycle: AtomicU64::new(0),
-            entries_token: AtomicBool::new(false),
+            entries_token: AtomicU64::new(0),
             control: Mutex::new(()),
         }
     }
@@ -298,25 +297,34 @@ impl sealed::CounterImpl for PerCpu {
         // Relaxed: the caller's close ran under the control lock, after the `closed` of the
         // close it took part in (the lock orders them); so this is that close's cycle, or a
         // later one.
-        let cycle = self.cycle.load(Ordering::Relaxed);
+        let cycle = self.entries_token.load(Ordering::Relaxed) >> 1;
         match local::wait_released(self.id, word, hold, deadline) {
             Ok(local::Waited::Over) => Ok(true),
             Ok(local::Waited::Clear) => {
-                let _control = self.lock_control();
-                // Relaxed: both are written only under the control lock, which we hold.
-                if self.cycle.load(Ordering::Relaxed) != cycle {
-                    // A close of an open word came since: the word was reopened after our
-                    // close. Only a committed hold allows that, and it is then over.
-                    debug_assert_eq!(hold, state::Hold::Committed);
-                    return Ok(true);
+                let out = cycle << 1 | 1;
+                // Relaxed: the word's RMWs order the token (`state::release` is Release).
+                match self.entries_token.compare_exchange(
+                    out,
+                    cycle << 1,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => {
+                        // Every entry was seen clear after this close: give its token back.
+                        // SAFETY: `closed` added this token to the word for this cycle, and
+                        // the CAS makes this the only give-back.
+                        unsafe { state::release(word) };
+                        Ok(false)
+                    }
+                    // Given back already, by another waiter of this close.
+                    Err(now) if now >> 1 == cycle => Ok(false),
+                    Err(_) => {
+                        // A close of an open word came since: the word was reopened after
+                        // our close. Only a committed hold allows that, and it is then over.
+                        debug_assert_eq!(hold, state::Hold::Committed);
+                        Ok(true)
+                    }
                 }
-                if self.entries_token.swap(false, Ordering::Relaxed) {
-                    // Every entry was seen clear after this close: give its token back.
-                    // SAFETY: `closed` added this token to the word for this cycle, and the
-                    // flag (under the lock) makes this the only give-back.
-                    unsafe { state::release(word) };
-                }
-                Ok(false)
             }
             Err(()) => Err(local::outstanding(self.id).max(1) + self.slots.outstanding()),
         }
@@ -333,12 +341,16 @@ impl sealed::CounterImpl for PerCpu {
     }
 
     fn closed(&self, word: &AtomicU32) {
-        // Relaxed: written under the control lock; a waiter reads it after its own close,
-        // which it made under the same lock, so the lock orders the two.
-        self.cycle.fetch_add(1, Ordering::Relaxed);
-        if local::enabled() {
-            self.entries_token.store(true, Ordering::Relaxed);
-        } else {
+        // The next cycle, token out (or, with no entries to wait for, not out). The opened
+        // word had the token bit clear (`opened`, or new), so no waiter's CAS can succeed
+        // meanwhile. Relaxed: a waiter reads it after its own close, which it made under the
+        // control lock that this runs under, so the lock orders the two.
+        let enabled = local::enabled();
+        let prev = self
+            .entries_token
+            .fetch_add(2 | u64::from(enabled), Ordering::Relaxed);
+        debug_assert_eq!(prev & 1, 0, "a close of an open word with its token out");
+        if !enabled {
             // No thread-local entries exist: nothing to wait for.
             // SAFETY: the caller just added the close's tokens to the word.
             unsafe { state::release(word) };
@@ -348,7 +360,8 @@ impl sealed::CounterImpl for PerCpu {
 
     fn opened(&self, word: &AtomicU32) {
         self.slots.unfold(word);
-        if self.entries_token.swap(false, Ordering::Relaxed) {
+        // Relaxed: as in `closed`; a waiter's CAS either took the token first or fails.
+        if self.entries_token.fetch_and(!1, Ordering::Relaxed) & 1 != 0 {
             // Reopened (an undo) before any waiter scanned: the token goes back unused.
             // SAFETY: the token of the close that just ended, still in the word.
             unsafe { state::release(word) };
