@@ -84,7 +84,7 @@ unsafe impl Send for Record {}
 #[derive(Clone, Copy)]
 pub(crate) struct LocalHold {
     record: &'static Record,
-    index: usize,
+    entry: &'static AtomicU64,
 }
 
 impl Record {
@@ -108,30 +108,38 @@ impl Record {
         // Acquire: only this thread claims entries of its record, but a guard of the record's
         // previous owner (dropped in a late thread-local destructor) may have cleared this one;
         // the claim below must come after that clear in happens-before, so that a drainer that
-        // reads the claim also synchronises with the clear. A plain load on x86-64.
-        let index = self
-            .entries
-            .iter()
-            .position(|e| e.load(Ordering::Acquire) == 0)?;
+        // reads the claim also synchronises with the clear. A plain load on x86-64. The first
+        // entry is tried inline: it is the free one unless this thread already holds a guard.
+        let entry = if self.entries[0].load(Ordering::Acquire) == 0 {
+            &self.entries[0]
+        } else {
+            self.other_free_entry()?
+        };
         // Release: a drainer that reads this value has seen this thread's earlier releases
         // of the entry (a claim after a clear must not hide the clear's ordering).
-        self.entries[index].store(id, Ordering::Release);
+        entry.store(id, Ordering::Release);
         light_barrier();
+        let hold = LocalHold {
+            record: self,
+            entry,
+        };
         // Acquire: open → acquirer (pairs with the Release of `reopen` / `undo`).
         if state::is_closed(word.load(Ordering::Acquire)) {
             // SAFETY: this thread just claimed the entry.
-            unsafe {
-                release(LocalHold {
-                    record: self,
-                    index,
-                })
-            };
+            unsafe { release(hold) };
             return Some(Err(Refused::Closed));
         }
-        Some(Ok(LocalHold {
-            record: self,
-            index,
-        }))
+        Some(Ok(hold))
+    }
+
+    /// A free entry other than the first, for a thread that already holds a guard.
+    #[cold]
+    #[inline(never)]
+    fn other_free_entry(&'static self) -> Option<&'static AtomicU64> {
+        // Acquire: as in `try_hold`.
+        self.entries[1..]
+            .iter()
+            .find(|e| e.load(Ordering::Acquire) == 0)
     }
 }
 
@@ -152,7 +160,7 @@ pub(crate) fn try_hold(id: u64, word: &AtomicU32) -> Option<Result<LocalHold, Re
 pub(crate) unsafe fn release(hold: LocalHold) {
     let record = hold.record;
     // Release: everything done under the guard happens-before a drainer that reads the 0.
-    record.entries[hold.index].store(0, Ordering::Release);
+    hold.entry.store(0, Ordering::Release);
     light_barrier();
     // Relaxed: the barriers order it (see the module docs); a waiter is re-checked anyway.
     if record.waiters.load(Ordering::Relaxed) != 0 {
