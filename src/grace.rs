@@ -95,6 +95,9 @@ use std::time::{Duration, Instant};
 /// # drop(unsafe { Box::from_raw(config.into_inner()) });
 /// ```
 pub struct GraceDomain {
+    /// Unique in the process: names the domain in its cookies and in the debug-build
+    /// deadlock detector.
+    id: u64,
     /// The futex word: the in-flight grace period's token in the count field, and `WAITING`.
     word: AtomicU32,
     /// Where new read sections go: 0 or 1.
@@ -115,7 +118,14 @@ struct Steps {
 }
 
 /// A grace period to wait for without blocking, from [`GraceDomain::start_grace_period`].
-/// Ordered: a later cookie's grace period ends no earlier.
+///
+/// A cookie names its domain as well as the grace period: only the domain that issued it
+/// can answer for it, and [`GraceDomain::poll_grace_period`] panics when handed another
+/// domain's cookie (a grace period of one domain says nothing about the readers of another).
+///
+/// Ordered: of two cookies of one domain, the later one's grace period ends no earlier.
+/// Cookies of different domains compare by domain first, which means nothing but keeps them
+/// usable as keys.
 ///
 /// ```
 /// let d = drainable::GraceDomain::new();
@@ -124,7 +134,12 @@ struct Steps {
 /// assert!(a <= b);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct GraceCookie(u64);
+pub struct GraceCookie {
+    /// The issuing domain's id.
+    domain: u64,
+    /// The grace period's number in that domain.
+    number: u64,
+}
 
 /// The error of [`GraceDomain::synchronize_timeout`]: read sections that began before the call
 /// were still running at the deadline.
@@ -174,6 +189,7 @@ impl GraceDomain {
     /// ```
     pub fn new() -> Self {
         GraceDomain {
+            id: crate::sync::unique_id(),
             word: state::new_word(),
             phase: AtomicU32::new(0),
             // Phase 0 is current; phase 1 stays folded until the first grace period.
@@ -207,7 +223,7 @@ impl GraceDomain {
             // Acquire: pairs with the flip's Release (writer's publish → reader).
             let phase = self.phase.load(Ordering::Acquire) as usize & 1;
             if let Ok(slot) = self.phases[phase].try_increment() {
-                track::acquired(self.addr());
+                track::acquired(self.id);
                 return ReadSection {
                     domain: NonNull::from(self),
                     phase: phase as u32,
@@ -253,7 +269,7 @@ impl GraceDomain {
     /// });
     /// ```
     pub fn synchronize(&self) {
-        track::assert_not_held(self.addr(), "GraceDomain::synchronize");
+        track::assert_not_held(self.id, "GraceDomain::synchronize");
         let done = self.wait_for(self.start_grace_period(), None);
         debug_assert!(done);
     }
@@ -298,12 +314,19 @@ impl GraceDomain {
         let target = steps.started + 1;
         steps.wanted = steps.wanted.max(target);
         self.start_if_wanted(&mut steps);
-        GraceCookie(target)
+        GraceCookie {
+            domain: self.id,
+            number: target,
+        }
     }
 
     /// Whether the grace period of `cookie` has ended. Never blocks: if the one in flight is
     /// done it completes it (and starts the next one asked for), under the step lock when that
     /// is free. After `true`, every section the cookie covers has ended and happens-before.
+    ///
+    /// # Panics
+    ///
+    /// If `cookie` was issued by another domain.
     ///
     /// ```
     /// let d = drainable::GraceDomain::new();
@@ -314,15 +337,18 @@ impl GraceDomain {
     /// assert!(d.poll_grace_period(cookie));
     /// ```
     pub fn poll_grace_period(&self, cookie: GraceCookie) -> bool {
+        if cookie.domain != self.id {
+            foreign_cookie(cookie.domain, self.id);
+        }
         // Acquire: pairs with the Release that counted the grace period complete.
-        if self.completed.load(Ordering::Acquire) >= cookie.0 {
+        if self.completed.load(Ordering::Acquire) >= cookie.number {
             return true;
         }
         if let Some(mut steps) = self.try_lock_steps() {
             self.finish_if_done(&mut steps);
             self.start_if_wanted(&mut steps);
         }
-        self.completed.load(Ordering::Acquire) >= cookie.0
+        self.completed.load(Ordering::Acquire) >= cookie.number
     }
 
     /// Blocks until `cookie`'s grace period ended, or until the deadline. Returns whether it
@@ -393,12 +419,6 @@ impl GraceDomain {
         }
     }
 
-    /// The key of this domain in the debug-build deadlock detector. The low bit keeps it apart
-    /// from the keys of drainables (aligned addresses), should one live at the same address.
-    fn addr(&self) -> usize {
-        self as *const Self as usize | 1
-    }
-
     /// Bytes the domain allocated outside itself (both phases' slots).
     ///
     /// ```
@@ -407,6 +427,16 @@ impl GraceDomain {
     pub fn heap_bytes(&self) -> usize {
         self.phases[0].heap_bytes() + self.phases[1].heap_bytes()
     }
+}
+
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn foreign_cookie(theirs: u64, ours: u64) -> ! {
+    panic!(
+        "drainable: a GraceCookie of grace domain #{theirs} was passed to grace domain #{ours}; \
+         a cookie can only be polled on the domain that issued it"
+    );
 }
 
 impl fmt::Debug for GraceDomain {
@@ -461,7 +491,8 @@ impl Drop for ReadSection<'_> {
     #[inline]
     fn drop(&mut self) {
         let domain = self.domain.as_ptr();
-        track::released(domain as usize | 1);
+        // SAFETY: the section borrows the domain, so it is live; only the id is read.
+        track::released(unsafe { *std::ptr::addr_of!((*domain).id) });
         // SAFETY: the section borrows the domain, so it is live; `addr_of!` reaches the fields
         // without a reference across the decrement.
         let (phases, word) = unsafe {
@@ -514,6 +545,9 @@ pub struct GraceCell<T> {
     ptr: crate::sync::AtomicPtr<T>,
     domain: DomainRef,
     writer: Mutex<()>,
+    /// The thread that holds `writer` (its [`thread_token`]), or 0: lets a writer that calls
+    /// back into its own cell (from `update`'s closure) panic instead of deadlocking.
+    writer_thread: crate::sync::AtomicUsize,
 }
 
 enum DomainRef {
@@ -569,6 +603,7 @@ impl<T> GraceCell<T> {
             ptr: crate::sync::AtomicPtr::new(Box::into_raw(Box::new(value))),
             domain,
             writer: Mutex::new(()),
+            writer_thread: crate::sync::AtomicUsize::new(0),
         }
     }
 
@@ -611,7 +646,7 @@ impl<T> GraceCell<T> {
     /// assert_eq!(*c.read(), 2);
     /// ```
     pub fn replace(&self, value: T) -> T {
-        let _writer = self.lock_writer();
+        let _writer = self.lock_writer("GraceCell::replace");
         self.swap_and_wait(Box::new(value))
     }
 
@@ -620,7 +655,9 @@ impl<T> GraceCell<T> {
     ///
     /// # Panics
     ///
-    /// As [`replace`](Self::replace). A panic in `f` leaves the value unchanged.
+    /// As [`replace`](Self::replace). A panic in `f` leaves the value unchanged. If `f` itself
+    /// writes this cell (`replace` or `update`), that write panics, in every build: it would
+    /// wait forever for the writer lock this call holds. Return the new value from `f` instead.
     ///
     /// ```
     /// let c = drainable::GraceCell::new(vec![1]);
@@ -632,7 +669,7 @@ impl<T> GraceCell<T> {
     /// assert_eq!((old, c.read().clone()), (vec![1], vec![1, 2]));
     /// ```
     pub fn update(&self, f: impl FnOnce(&T) -> T) -> T {
-        let _writer = self.lock_writer();
+        let _writer = self.lock_writer("GraceCell::update");
         // SAFETY: only writers replace the value, and we hold the writer lock, so the current
         // value stays alive while `f` reads it.
         let new = f(unsafe { &*self.ptr.load(Ordering::Acquire) });
@@ -641,7 +678,7 @@ impl<T> GraceCell<T> {
 
     fn swap_and_wait(&self, new: Box<T>) -> T {
         let domain = self.domain.get();
-        track::assert_not_held(domain.addr(), "GraceCell::replace");
+        track::assert_not_held(domain.id, "GraceCell::replace");
         // AcqRel: Release publishes the new value to readers; Acquire takes ownership of the
         // old one from the writer that published it.
         let old = self.ptr.swap(Box::into_raw(new), Ordering::AcqRel);
@@ -676,6 +713,7 @@ impl<T> GraceCell<T> {
         let (domain, writer) =
             unsafe { (std::ptr::read(&this.domain), std::ptr::read(&this.writer)) };
         drop((domain, writer));
+        // `writer_thread` is a plain atomic: nothing to drop.
         // SAFETY: the cell owned this Box; ownership moves to the caller.
         *unsafe { Box::from_raw(ptr) }
     }
@@ -690,11 +728,68 @@ impl<T> GraceCell<T> {
         self.domain.get()
     }
 
-    fn lock_writer(&self) -> MutexGuard<'_, ()> {
-        self.writer
+    /// Takes the writer lock, or panics if this thread already holds it (a write from inside
+    /// `update`'s closure), naming `op`.
+    #[track_caller]
+    fn lock_writer(&self, op: &str) -> WriterLock<'_> {
+        let me = thread_token();
+        // Relaxed: only this thread ever stores its own token, so reading it back means this
+        // thread holds the lock right now (it clears the token before unlocking).
+        if me != 0 && self.writer_thread.load(Ordering::Relaxed) == me {
+            writer_reentered(op);
+        }
+        let lock = self
+            .writer
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Relaxed: read back only by this thread (above); other threads only compare it with
+        // their own, different tokens.
+        self.writer_thread.store(me, Ordering::Relaxed);
+        WriterLock {
+            owner: &self.writer_thread,
+            _lock: lock,
+        }
     }
+}
+
+/// The writer lock of a [`GraceCell`] and the record of who holds it, cleared (on unwind too)
+/// before the lock is released.
+struct WriterLock<'a> {
+    owner: &'a crate::sync::AtomicUsize,
+    _lock: MutexGuard<'a, ()>,
+}
+
+impl Drop for WriterLock<'_> {
+    fn drop(&mut self) {
+        // Relaxed: as in `lock_writer`; runs before `_lock` unlocks.
+        self.owner.store(0, Ordering::Relaxed);
+    }
+}
+
+/// A number that tells the running thread apart from every other thread alive: the address of
+/// one of its thread-locals. 0 where that cannot be told (under loom, whose model threads share
+/// one OS thread, and during thread teardown), which disables the check.
+fn thread_token() -> usize {
+    #[cfg(not(drainable_loom))]
+    {
+        thread_local! {
+            static TOKEN: u8 = const { 0 };
+        }
+        TOKEN.try_with(|t| t as *const u8 as usize).unwrap_or(0)
+    }
+    #[cfg(drainable_loom)]
+    0
+}
+
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn writer_reentered(op: &str) -> ! {
+    panic!(
+        "drainable: {op} called from inside GraceCell::update's closure on the same cell; it \
+         would wait forever for the writer lock that update holds. Return the new value from \
+         the closure instead."
+    );
 }
 
 impl<T> Drop for GraceCell<T> {
@@ -879,9 +974,19 @@ mod tests {
                 w.join().unwrap();
             }
             // The first caller started grace period 1; the rest share grace period 2.
-            assert!(cookies.iter().all(|c| c.0 <= 2));
+            assert!(cookies.iter().all(|c| c.number <= 2));
         });
         assert_eq!(d.completed.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    #[should_panic(expected = "a GraceCookie of grace domain")]
+    fn a_foreign_cookie_is_refused() {
+        let a = GraceDomain::new();
+        let b = GraceDomain::new();
+        let _section = b.enter(); // b's grace period could never end: the cookie must not pass
+        let cookie = a.start_grace_period();
+        b.poll_grace_period(cookie);
     }
 
     #[test]
@@ -914,6 +1019,35 @@ mod tests {
         let c = GraceCell::new(1);
         let _r = c.read();
         c.replace(2);
+    }
+
+    #[test]
+    #[should_panic(expected = "called from inside GraceCell::update's closure")]
+    fn update_whose_closure_writes_the_same_cell_panics() {
+        let c = GraceCell::new(1);
+        c.update(|v| {
+            c.replace(*v + 1);
+            *v + 2
+        });
+    }
+
+    #[test]
+    fn update_may_write_another_cell_and_the_lock_survives_a_panic() {
+        let a = GraceCell::new(1);
+        let b = GraceCell::new(10);
+        assert_eq!(a.update(|v| b.replace(*v) + 1), 1);
+        assert_eq!((*a.read(), *b.read()), (11, 1));
+        // A panicking closure leaves the cell writable (by this thread too).
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            a.update(|_| panic!("closure fails"))
+        }));
+        assert!(r.is_err());
+        assert_eq!(a.replace(12), 11);
+        // Another thread's writes are not mistaken for this thread's.
+        thread::scope(|s| {
+            s.spawn(|| a.update(|v| v + 1)).join().unwrap();
+        });
+        assert_eq!(*a.read(), 13);
     }
 
     #[test]
