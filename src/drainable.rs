@@ -50,7 +50,8 @@ use std::time::{Duration, Instant};
 /// - [`drain`](Self::drain): blocking and starvation-free. Once closed it waits only for the
 ///   guards taken before the close, however busy the acquirers are: a failed acquisition does
 ///   not write to the word once the close is visible to it.
-/// - `size_of::<Drainable<()>>() == 4`, and its `Guard` is one pointer. A `PerCpuDrainable`
+/// - `size_of::<Drainable<()>>() == 4` (16 in builds with `debug_assertions`, which keep a
+///   key for the deadlock detector), and its `Guard` is one pointer. A `PerCpuDrainable`
 ///   takes about 56 bytes plus 128 per slot, plus 128 bytes per thread for the whole process
 ///   (see [`PerCpu`]); its `Guard` adds where the guard is counted (two words).
 ///
@@ -114,6 +115,8 @@ use std::time::{Duration, Instant};
 pub struct DrainableWith<T: ?Sized, C: Counter = Shared> {
     pub(crate) state: AtomicU32,
     counter: C,
+    /// The debug-build deadlock detector's key (zero-sized in release builds).
+    key: track::Key,
     pub(crate) value: T,
 }
 
@@ -208,6 +211,7 @@ impl<T> DrainableWith<T, Shared> {
             DrainableWith {
                 state: state::new_word(),
                 counter: Shared,
+                key: track::Key::new(),
                 value,
             }
         }
@@ -225,6 +229,7 @@ impl<T> DrainableWith<T, PerCpu> {
         DrainableWith {
             state: state::new_word(),
             counter: PerCpu::new_counter(),
+            key: track::Key::new(),
             value,
         }
     }
@@ -237,6 +242,7 @@ impl<T, C: Counter> DrainableWith<T, C> {
         DrainableWith {
             state: state::new_drained_word(),
             counter: C::new_drained_counter(),
+            key: track::Key::new(),
             value,
         }
     }
@@ -287,7 +293,7 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
     pub fn try_acquire(&self) -> Option<Guard<'_, T, C>> {
         match self.counter.try_acquire(&self.state) {
             Ok(ticket) => {
-                track::acquired(self.addr());
+                track::acquired(self.key.get());
                 Some(Guard {
                     drainable: NonNull::from(self),
                     ticket,
@@ -364,7 +370,7 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
     /// t.join().unwrap();
     /// ```
     pub fn drain(&self) {
-        track::assert_not_held(self.addr(), "Drainable::drain");
+        track::assert_not_held(self.key.get(), "Drainable::drain");
         {
             let _control = self.counter.lock_control();
             if state::close_committed(&self.state, C::CLOSE_TOKEN) {
@@ -520,10 +526,6 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
         self.counter.test_id()
     }
 
-    fn addr(&self) -> usize {
-        self as *const Self as *const () as usize
-    }
-
     /// Bytes this drainable allocated outside itself: 0 for a [`Drainable`], the slots for a
     /// [`PerCpuDrainable`]. The whole footprint is `size_of_val(&d) + d.heap_bytes()`.
     ///
@@ -598,6 +600,7 @@ impl<T: Default, C: Counter> Default for DrainableWith<T, C> {
         DrainableWith {
             state: state::new_word(),
             counter: C::new_counter(),
+            key: track::Key::new(),
             value: T::default(),
         }
     }
@@ -614,6 +617,7 @@ impl<T, C: Counter> From<T> for DrainableWith<T, C> {
         DrainableWith {
             state: state::new_word(),
             counter: C::new_counter(),
+            key: track::Key::new(),
             value,
         }
     }
@@ -691,7 +695,9 @@ impl<T: ?Sized, C: Counter> Drop for Guard<'_, T, C> {
     #[inline]
     fn drop(&mut self) {
         let ptr = self.drainable.as_ptr();
-        track::released(ptr as *const () as usize);
+        // SAFETY: `ptr` is live (this guard's count keeps it from draining); only the key is
+        // read, before the release below.
+        track::released(unsafe { (*ptr::addr_of!((*ptr).key)).get() });
         // SAFETY: `ptr` is live (this guard's count keeps it from draining); `addr_of!` reaches
         // the fields without making a reference to the drainable.
         let (word, counter) =
@@ -825,7 +831,7 @@ impl<'a, T: ?Sized, C: Counter> PendingDrain<'a, T, C> {
     /// assert!(d.is_drained());
     /// ```
     pub fn commit(self) {
-        track::assert_not_held(self.drainable.addr(), "PendingDrain::commit");
+        track::assert_not_held(self.drainable.key.get(), "PendingDrain::commit");
         let this = std::mem::ManuallyDrop::new(self);
         let drained = this.drainable.wait(Hold::Pending, None);
         debug_assert!(drained.is_ok());

@@ -316,9 +316,25 @@ pub(crate) fn wait_drained(
             }
         }
         if timed_out {
+            stop_waiting(word);
             return Err(count(cur));
         }
         (cur, timed_out) = wait_for_change(word, cur, &mut spins, deadline);
+    }
+}
+
+/// A waiter that gives up (its deadline passed) takes `WAITING` down with it. Left set, it
+/// would make every later release that reaches zero pay a futex wake system call, for as long
+/// as the word lives (a timed-out `drain_timeout` reopens the word with the flag still up).
+///
+/// Other waiters may be asleep on a value with `WAITING` set and rely on the flag for their
+/// wake-up, so clearing it wakes them all: each re-reads the word and sets the flag again
+/// before it sleeps again. A cold path: only timed waits that fail get here.
+fn stop_waiting(word: &AtomicU32) {
+    // Relaxed: only the flag changes; the sleepers woken below re-read the word themselves.
+    let prev = word.fetch_and(!WAITING, Ordering::Relaxed);
+    if prev & WAITING != 0 {
+        sync::wake_all(word);
     }
 }
 
@@ -369,6 +385,7 @@ pub(crate) fn wait_zero(word: &AtomicU32, deadline: Option<Instant>) -> bool {
             return true;
         }
         if timed_out {
+            stop_waiting(word);
             return false;
         }
         (cur, timed_out) = wait_for_change(word, cur, &mut spins, deadline);

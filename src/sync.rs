@@ -93,6 +93,26 @@ pub(crate) use const_fn;
 
 pub(crate) use futex::{wait, wait_until, wake_all};
 
+/// Unit tests count the futex wakes their own thread makes: a wake on a path that should not
+/// make one is a system call per operation, invisible to every functional test.
+#[cfg(all(test, not(drainable_loom)))]
+pub(crate) mod wakes {
+    use std::cell::Cell;
+
+    thread_local! {
+        static WAKES: Cell<u64> = const { Cell::new(0) };
+    }
+
+    pub(super) fn count() {
+        let _ = WAKES.try_with(|w| w.set(w.get() + 1));
+    }
+
+    /// Futex wakes this thread has made so far.
+    pub(crate) fn made() -> u64 {
+        WAKES.with(Cell::get)
+    }
+}
+
 /// Futex waits on the real platforms.
 #[cfg(not(drainable_loom))]
 mod futex {
@@ -116,6 +136,8 @@ mod futex {
     /// address as a key and never dereferences it, so a dangling pointer is fine.
     #[inline]
     pub(crate) fn wake_all(word: *const AtomicU32) {
+        #[cfg(test)]
+        super::wakes::count();
         #[cfg(any(target_os = "linux", target_os = "android"))]
         linux::futex_wake_all(word);
         #[cfg(not(any(target_os = "linux", target_os = "android")))]
