@@ -393,11 +393,6 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
     /// [`DrainTimeoutError`] with the number of guards still outstanding at the deadline. A
     /// leaked guard (see the type's docs) always ends here.
     ///
-    /// # Panics
-    ///
-    /// If 15 reversible drains ([`prepare_drain`](Self::prepare_drain) and timed drains) are
-    /// already in flight on this drainable.
-    ///
     /// ```
     /// use drainable::Drainable;
     /// use std::time::Duration;
@@ -426,13 +421,10 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
     /// waiting. The returned [`PendingDrain`] then either [`commit`](PendingDrain::commit)s
     /// (wait for the guards), or [`undo`](PendingDrain::undo)es (reopen); dropping it undoes.
     ///
-    /// Lock-free (a CAS loop on the control bits, contended only by other control
-    /// operations). Several `PendingDrain`s may be live at once: the drainable reopens only
-    /// when the last one is undone and no irreversible drain is under way.
-    ///
-    /// # Panics
-    ///
-    /// If 15 reversible drains are already in flight on this drainable.
+    /// Never waits for guards: a CAS loop on the control bits, contended only by other
+    /// control operations. Any number of `PendingDrain`s may be live at once (the word counts
+    /// 15; more are counted in a process-wide side table, under a short lock): the drainable
+    /// reopens only when the last one is undone and no irreversible drain is under way.
     ///
     /// ```
     /// use drainable::Drainable;

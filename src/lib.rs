@@ -79,6 +79,7 @@ mod local;
 mod registry;
 mod state;
 mod sync;
+mod table;
 mod track;
 
 pub use counter::{Counter, PerCpu, Shared};

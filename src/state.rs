@@ -19,7 +19,9 @@
 //! - `DRAINED`: a drainer saw the count at zero while the word was committed. Set once per
 //!   close; cleared by `reopen`.
 //! - pending: the number of live reversible closes (`PendingDrain`s and timed drains in
-//!   flight), 0 to [`MAX_PENDING`].
+//!   flight), 0 to [`PENDING_SPILL`]. At `PENDING_SPILL` the field stops counting and further
+//!   closes are counted in the side table (`table.rs`), keyed by the word's address; see
+//!   *Spilled closes* below.
 //! - guard count: guards outstanding, plus, for an instant, acquisitions that lost a race with
 //!   a close and are backing out.
 //!
@@ -39,8 +41,29 @@
 //! - Closing needs no fence against acquirers: both are RMWs on this one word, so an acquirer's
 //!   increment is either before the close (and the drainer waits for it) or after (and the
 //!   acquirer sees the closed bits in the value its own RMW returned, and backs out).
-
+//!
+//! # Spilled closes
+//!
+//! Any number of reversible closes may be live at once (a thousand threads in `drain_timeout`
+//! on one drainable), but the word has four bits for them. The invariant that makes the two
+//! places one count:
+//!
+//! > The side table holds closes of a word only while the word's pending field is
+//! > `PENDING_SPILL`, and the field leaves `PENDING_SPILL` only under the table's lock.
+//!
+//! - Adding a close to a field at `PENDING_SPILL` takes the lock, checks the field again and
+//!   counts the close in the table. (Below that value, adding is the usual CAS.)
+//! - Giving one back (an undo, or a commit trading it for `COMMITTED`) from a field at
+//!   `PENDING_SPILL` takes the lock, and takes the close from the table if it holds any, else
+//!   from the field.
+//!
+//! Under the lock the field therefore cannot move away from `PENDING_SPILL`: every change
+//! from that value takes the lock. So the word stays closed while the table holds closes (the
+//! field is non-zero), `reopen` refuses (it needs a zero field), and the last give-back is
+//! the one that reopens. Nothing else changes: a spilled close is as closed as any other, and
+//! no operation waits for the lock but one that adds or gives back a close at the limit.
 use crate::sync::{self, AtomicU32, Ordering};
+use crate::table;
 use std::time::Instant;
 
 pub(crate) const WAITING: u32 = 1 << 0;
@@ -49,8 +72,13 @@ pub(crate) const DRAINED: u32 = 1 << 2;
 const PENDING_SHIFT: u32 = 3;
 pub(crate) const PENDING_ONE: u32 = 1 << PENDING_SHIFT;
 const PENDING_MASK: u32 = 0b1111 << PENDING_SHIFT;
-/// The most reversible closes that may be live on one drainable at once.
-pub(crate) const MAX_PENDING: u32 = PENDING_MASK >> PENDING_SHIFT;
+/// The pending field's largest value; beyond it, closes are counted in the side table (see
+/// *Spilled closes* in the module docs). Two under loom and Miri, so that their scenarios reach
+/// the spill with a few closes.
+#[cfg(not(any(miri, drainable_loom)))]
+pub(crate) const PENDING_SPILL: u32 = PENDING_MASK >> PENDING_SHIFT;
+#[cfg(any(miri, drainable_loom))]
+pub(crate) const PENDING_SPILL: u32 = 2;
 const COUNT_SHIFT: u32 = 7;
 /// One guard in the count field.
 pub(crate) const ONE: u32 = 1 << COUNT_SHIFT;
@@ -225,18 +253,22 @@ pub(crate) fn close_committed(word: &AtomicU32, token: u32) -> bool {
 }
 
 /// Adds one reversible close. If this closed an open word, also adds `token` to the count field
-/// and returns `true` (the caller runs the counter's close pass).
-///
-/// # Panics
-/// When [`MAX_PENDING`] reversible closes are already live.
+/// and returns `true` (the caller runs the counter's close pass). Never waits but for the side
+/// table's lock, and that only with [`PENDING_SPILL`] closes live.
 pub(crate) fn add_pending(word: &AtomicU32, token: u32) -> bool {
     let mut cur = word.load(Ordering::Relaxed);
     loop {
-        assert!(
-            pending(cur) < MAX_PENDING,
-            "drainable: more than {MAX_PENDING} reversible drains (prepare_drain / drain_timeout) \
-             in flight on one Drainable at once"
-        );
+        if pending(cur) == PENDING_SPILL {
+            let mut side = table::lock(address(word));
+            // Relaxed: under the table lock the field cannot leave PENDING_SPILL (module
+            // docs), and the word is already closed, so there is nothing to synchronise with.
+            cur = word.load(Ordering::Relaxed);
+            if pending(cur) == PENDING_SPILL {
+                side.entry().spilled_closes += 1;
+                return false;
+            }
+            continue;
+        }
         let closing = !is_closed(cur);
         let new = cur + PENDING_ONE + if closing { token } else { 0 };
         // Acquire: as in `close_committed`.
@@ -250,10 +282,42 @@ pub(crate) fn add_pending(word: &AtomicU32, token: u32) -> bool {
 /// Removes one reversible close; reopens if it was the last close of any kind.
 /// Returns `true` if this reopened the word.
 pub(crate) fn undo_pending(word: &AtomicU32) -> bool {
-    // Release: opens the word to new guards (open → acquirer).
-    let prev = word.fetch_sub(PENDING_ONE, Ordering::Release);
-    debug_assert!(pending(prev) > 0, "undo without a pending close");
-    !is_closed(prev - PENDING_ONE)
+    let mut cur = word.load(Ordering::Relaxed);
+    loop {
+        debug_assert!(pending(cur) > 0, "undo without a pending close");
+        let _side = if pending(cur) == PENDING_SPILL {
+            let mut side = table::lock(address(word));
+            // Relaxed: as in `add_pending`.
+            cur = word.load(Ordering::Relaxed);
+            if pending(cur) != PENDING_SPILL {
+                continue;
+            }
+            if let Some(entry) = side.get() {
+                // A spilled close goes first: the field stays at the limit, the word closed.
+                entry.spilled_closes -= 1;
+                return false;
+            }
+            // The table holds none: give back one of the field's, still under the lock.
+            Some(side)
+        } else {
+            None
+        };
+        // Release: opens the word to new guards (open → acquirer).
+        match word.compare_exchange_weak(
+            cur,
+            cur - PENDING_ONE,
+            Ordering::Release,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => return !is_closed(cur - PENDING_ONE),
+            Err(actual) => cur = actual,
+        }
+    }
+}
+
+/// The side table's key for a word.
+fn address(word: &AtomicU32) -> usize {
+    word as *const AtomicU32 as usize
 }
 
 /// Drained → Open. Refuses (returns `false`) in every other phase and while a `PendingDrain`
@@ -303,6 +367,15 @@ pub(crate) fn wait_drained(
                 new &= !WAITING;
             }
             if hold == Hold::Pending {
+                if pending(cur) == PENDING_SPILL {
+                    if commit_at_spill(word) {
+                        return Ok(());
+                    }
+                    // The field moved, or the count is not zero after all: look again.
+                    // Acquire: release → drainer.
+                    cur = word.load(Ordering::Acquire);
+                    continue;
+                }
                 new -= PENDING_ONE;
             }
             // AcqRel: Acquire for release → drainer; Release so a drainer that reads DRAINED
@@ -320,6 +393,40 @@ pub(crate) fn wait_drained(
             return Err(count(cur));
         }
         (cur, timed_out) = wait_for_change(word, cur, &mut spins, deadline);
+    }
+}
+
+/// The finishing CAS of a pending hold (see `wait_drained`) on a word whose pending field is at
+/// [`PENDING_SPILL`]: under the side table's lock, it gives back a spilled close if the table
+/// holds one, else one of the field's. Returns `false`, changing nothing, if the field has
+/// left the limit or the word is not drained after all.
+#[cold]
+fn commit_at_spill(word: &AtomicU32) -> bool {
+    let mut side = table::lock(address(word));
+    loop {
+        // Acquire: release → drainer, as in `wait_drained`.
+        let cur = word.load(Ordering::Acquire);
+        if pending(cur) != PENDING_SPILL || (cur & DRAINED == 0 && count(cur) != 0) {
+            return false;
+        }
+        let spilled = side.get().is_some();
+        let mut new = cur | COMMITTED | DRAINED;
+        if count(cur) == 0 {
+            new &= !WAITING;
+        }
+        if !spilled {
+            new -= PENDING_ONE;
+        }
+        // AcqRel: as in `wait_drained`.
+        if word
+            .compare_exchange(cur, new, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            if let Some(entry) = side.get().filter(|_| spilled) {
+                entry.spilled_closes -= 1;
+            }
+            return true;
+        }
     }
 }
 
@@ -411,7 +518,7 @@ mod tests {
             WAITING | COMMITTED | DRAINED | PENDING_MASK | COUNT_MASK,
             u32::MAX
         );
-        assert_eq!(MAX_PENDING, 15);
+        assert_eq!(PENDING_MASK >> PENDING_SHIFT, 15);
         assert_eq!(count(ONE * 5 + COMMITTED), 5);
     }
 
@@ -480,13 +587,38 @@ mod tests {
         assert!(!is_closed(w.load(Ordering::Relaxed)));
     }
 
+    /// Closes beyond the pending field's limit spill into the side table and come back out
+    /// in any order; only the last give-back reopens, and a commit at the limit works too.
     #[test]
-    #[should_panic(expected = "reversible drains")]
-    fn too_many_pending_holds_panic() {
+    fn pending_holds_beyond_the_field_spill_into_the_table() {
         let w = new_word();
-        for _ in 0..=MAX_PENDING {
+        let n = PENDING_SPILL + 40;
+        for _ in 0..n {
             add_pending(&w, 0);
         }
+        assert_eq!(pending(w.load(Ordering::Relaxed)), PENDING_SPILL);
+        assert_eq!(
+            table::lock(address(&w)).get().map(|s| s.spilled_closes),
+            Some(u64::from(n - PENDING_SPILL))
+        );
+        for _ in 0..n - 1 {
+            assert!(!undo_pending(&w), "reopened with closes still live");
+            assert!(is_closed(w.load(Ordering::Relaxed)));
+        }
+        assert!(table::lock(address(&w)).get().is_none());
+        assert!(undo_pending(&w), "the last undo must reopen");
+        assert_eq!(w.load(Ordering::Relaxed), 0);
+
+        for _ in 0..n {
+            add_pending(&w, 0);
+        }
+        for _ in 0..n {
+            assert_eq!(wait_drained(&w, Hold::Pending, None), Ok(()));
+        }
+        let cur = w.load(Ordering::Relaxed);
+        assert_eq!((pending(cur), phase(cur)), (0, Phase::Drained));
+        assert!(table::lock(address(&w)).get().is_none());
+        assert!(reopen(&w));
     }
 
     #[test]

@@ -330,6 +330,49 @@ macro_rules! contract_tests {
                 assert!(d.is_drained());
             }
 
+            /// Any number of reversible drains may be live at once: far more than the word's
+            /// pending field counts (the rest spill into the side table), all closed at the same
+            /// moment, then given back by undo, by a timed-out commit, and by successful timed
+            /// drains, with nothing left over.
+            #[test]
+            fn a_thousand_concurrent_reversible_drains() {
+                let d = new(());
+                let n = iters(1000, 12);
+                let all_live = std::sync::Barrier::new(n + 1);
+                let g = d.try_acquire().unwrap();
+                thread::scope(|s| {
+                    for i in 0..n {
+                        let (d, all_live) = (&d, &all_live);
+                        s.spawn(move || {
+                            let p = d.prepare_drain();
+                            all_live.wait(); // every close is live here
+                            assert!(!d.is_open());
+                            if i % 2 == 0 {
+                                p.undo();
+                            } else {
+                                // The guard below is held throughout: the commit times out.
+                                drop(p.commit_timeout(Duration::ZERO).unwrap_err());
+                            }
+                        });
+                    }
+                    all_live.wait();
+                    assert!(!d.is_open());
+                });
+                assert!(d.is_open(), "every close was given back");
+                drop(g);
+                // The same number of timed drains, all succeeding at once.
+                thread::scope(|s| {
+                    for _ in 0..n {
+                        s.spawn(|| {
+                            assert_eq!(d.drain_timeout(Duration::from_secs(60)), Ok(()));
+                            assert!(d.is_drained());
+                        });
+                    }
+                });
+                assert!(d.reopen(), "a successful timed drain left its close behind");
+                assert!(d.try_acquire().is_some());
+            }
+
             #[test]
             #[cfg_attr(not(debug_assertions), ignore = "detection is a debug-build check")]
             #[should_panic(expected = "holds 1 Guard(s) of the same Drainable")]

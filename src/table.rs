@@ -1,0 +1,130 @@
+//! The side table: state of a drainable that does not fit in its one lifecycle word, kept in
+//! one process-wide place and keyed by the word's address (as Linux keeps `wait_var_event`'s
+//! waiters in a table hashed by address, outside the object).
+//!
+//! An entry exists only while it holds something, and only while the drainable cannot move or
+//! be freed: every user of an entry borrows the drainable for as long as the entry is not
+//! empty (a live `PendingDrain`, a `drain_timeout` in flight). So an address names one
+//! drainable for an entry's whole life, and the table never holds stale entries.
+//!
+//! Today an entry holds the reversible closes beyond what the word's pending field counts
+//! (`state::PENDING_SPILL`). The table is a fixed array of shards, each a mutex over a short
+//! list; a shard lock is taken only on cold paths (a drainable with that many reversible closes
+//! live at once), never by a guard.
+
+use crate::sync::{Mutex, MutexGuard};
+
+/// What the table keeps for one drainable.
+#[derive(Debug, Default)]
+pub(crate) struct Side {
+    /// Reversible closes counted here rather than in the word.
+    pub(crate) spilled_closes: u64,
+}
+
+impl Side {
+    fn is_empty(&self) -> bool {
+        self.spilled_closes == 0
+    }
+}
+
+type Entries = Vec<(usize, Side)>;
+
+#[cfg(not(drainable_loom))]
+const SHARDS: usize = 64;
+/// One shard under loom: the model has one drainable per scenario, and fewer locks to model.
+#[cfg(drainable_loom)]
+const SHARDS: usize = 1;
+
+#[cfg(not(drainable_loom))]
+fn shard(addr: usize) -> &'static Mutex<Entries> {
+    static TABLE: [Mutex<Entries>; SHARDS] = [const { Mutex::new(Vec::new()) }; SHARDS];
+    &TABLE[index(addr)]
+}
+
+#[cfg(drainable_loom)]
+fn shard(addr: usize) -> &'static Mutex<Entries> {
+    loom::lazy_static! {
+        static ref TABLE: Mutex<Entries> = Mutex::new(Vec::new());
+    }
+    let _ = index(addr);
+    &TABLE
+}
+
+/// The shard of an address: a multiplicative hash of the address above its alignment bits.
+fn index(addr: usize) -> usize {
+    ((addr >> 2).wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as usize) >> 32) % SHARDS
+}
+
+/// The locked shard of one drainable, with access to its entry. Removes the entry when it is
+/// dropped empty.
+pub(crate) struct Locked {
+    entries: MutexGuard<'static, Entries>,
+    addr: usize,
+}
+
+/// Locks the shard of the drainable whose word is at `addr`.
+pub(crate) fn lock(addr: usize) -> Locked {
+    Locked {
+        // Nothing under a shard lock can panic halfway through a change (plain arithmetic
+        // on an entry), so a poisoned lock holds consistent data.
+        entries: shard(addr)
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+        addr,
+    }
+}
+
+impl Locked {
+    /// The entry, if there is one.
+    pub(crate) fn get(&mut self) -> Option<&mut Side> {
+        let addr = self.addr;
+        self.entries
+            .iter_mut()
+            .find(|(a, _)| *a == addr)
+            .map(|(_, side)| side)
+    }
+
+    /// The entry, made empty if there was none.
+    pub(crate) fn entry(&mut self) -> &mut Side {
+        let addr = self.addr;
+        let i = match self.entries.iter().position(|(a, _)| *a == addr) {
+            Some(i) => i,
+            None => {
+                self.entries.push((addr, Side::default()));
+                self.entries.len() - 1
+            }
+        };
+        &mut self.entries[i].1
+    }
+}
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        let addr = self.addr;
+        self.entries
+            .retain(|(a, side)| *a != addr || !side.is_empty());
+    }
+}
+
+#[cfg(all(test, not(drainable_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_come_and_go() {
+        let key = 0x1000;
+        assert!(lock(key).get().is_none());
+        lock(key).entry().spilled_closes += 2;
+        assert_eq!(lock(key).get().map(|s| s.spilled_closes), Some(2));
+        lock(key).entry().spilled_closes -= 2;
+        let mut l = lock(key);
+        assert!(l.get().is_none(), "an empty entry is removed");
+        assert!(!l.entries.iter().any(|(a, _)| *a == key));
+    }
+
+    #[test]
+    fn shards_spread_neighbouring_addresses() {
+        let used: std::collections::HashSet<_> = (0..64usize).map(|i| index(i * 64)).collect();
+        assert!(used.len() > 16, "only {} shards used", used.len());
+    }
+}
