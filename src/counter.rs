@@ -61,14 +61,31 @@ pub(crate) mod sealed {
             self.try_acquire(word)
         }
 
-        /// After the caller's close of `word`, waits for the guards this scheme does not count
-        /// through the word (none, by default), then gives back their token; or until
-        /// `deadline` (`Err` carries how many guards remain). `Ok(true)` when it saw that the
-        /// drain is over for `hold` (drained, or reopened since a committed close).
+        /// The number of the close in effect, read under the control lock right after the
+        /// caller closed the word or joined its close: the waiter's name for its own close.
+        /// 0 where closes are not numbered.
+        fn current_close(&self) -> u64 {
+            0
+        }
+
+        /// Whether close number `close` (from [`current_close`](Self::current_close)) is
+        /// still the one in effect. An `Acquire` read where closes are numbered: a `false`
+        /// comes with the later close and everything before it (its drain, the reopen).
+        /// Always `true` where they are not.
+        fn is_current(&self, _close: u64) -> bool {
+            true
+        }
+
+        /// After the caller's close number `close` of `word`, waits for the guards this
+        /// scheme does not count through the word (none, by default), then gives back their
+        /// token; or until `deadline` (`Err` carries how many guards remain). `Ok(true)` when
+        /// it saw that the drain is over for `hold` (drained, or, for a committed hold, its
+        /// close ended since): it then gave back nothing.
         fn wait_held(
             &self,
             _word: &AtomicU32,
             _hold: state::Hold,
+            _close: u64,
             _deadline: Option<std::time::Instant>,
         ) -> Result<bool, usize> {
             Ok(false)
@@ -290,24 +307,45 @@ impl sealed::CounterImpl for PerCpu {
         }
     }
 
+    fn current_close(&self) -> u64 {
+        // Relaxed: the caller holds the control lock, under which every close bumps the cycle.
+        self.entries_token.load(Ordering::Relaxed) >> 1
+    }
+
+    fn is_current(&self, close: u64) -> bool {
+        // Acquire: pairs with the Release of `closed`: a later cycle seen here brings the
+        // close that made it (an Acquire RMW on the word, after every release of our close's
+        // guards in its modification order) into happens-before.
+        self.entries_token.load(Ordering::Acquire) >> 1 == close
+    }
+
     fn wait_held(
         &self,
         word: &AtomicU32,
         hold: state::Hold,
+        close: u64,
         deadline: Option<std::time::Instant>,
     ) -> Result<bool, usize> {
-        // Relaxed: the caller's close ran under the control lock, after the `closed` of the
-        // close it took part in (the lock orders them); so this is that close's cycle, or a
-        // later one.
-        let cycle = self.entries_token.load(Ordering::Relaxed) >> 1;
-        match local::wait_released(self.id, word, hold, deadline) {
+        // The invariant (docs/design.md §6b): only a waiter of close `close`, whose scan
+        // followed that close, gives its entries token back, and only while it is the
+        // close in effect. A scan made under one close says nothing about acquirers that
+        // read the word open after a reopen, so a waiter whose close has ended stops here.
+        if hold == state::Hold::Committed && !self.is_current(close) {
+            return Ok(true);
+        }
+        debug_assert!(
+            hold == state::Hold::Committed || self.is_current(close),
+            "a pending close outlived its cycle"
+        );
+        match local::wait_released(self.id, word, hold, deadline, || self.is_current(close)) {
             Ok(local::Waited::Over) => Ok(true),
             Ok(local::Waited::Clear) => {
-                let out = cycle << 1 | 1;
-                // Relaxed: the word's RMWs order the token (`state::release` is Release).
+                let out = close << 1 | 1;
+                // Relaxed: the word's RMWs order the token (`state::release` is Release); a
+                // failure is read again with Acquire by `is_current` before it is acted on.
                 match self.entries_token.compare_exchange(
                     out,
-                    cycle << 1,
+                    close << 1,
                     Ordering::Relaxed,
                     Ordering::Relaxed,
                 ) {
@@ -319,12 +357,12 @@ impl sealed::CounterImpl for PerCpu {
                         Ok(false)
                     }
                     // Given back already, by another waiter of this close.
-                    Err(now) if now >> 1 == cycle => Ok(false),
+                    Err(now) if now >> 1 == close => Ok(false),
                     Err(_) => {
                         // A close of an open word came since: the word was reopened after
                         // our close. Only a committed hold allows that, and it is then over.
                         debug_assert_eq!(hold, state::Hold::Committed);
-                        Ok(true)
+                        Ok(!self.is_current(close))
                     }
                 }
             }
@@ -348,9 +386,11 @@ impl sealed::CounterImpl for PerCpu {
         // meanwhile. Relaxed: a waiter reads it after its own close, which it made under the
         // control lock that this runs under, so the lock orders the two.
         let enabled = local::enabled();
+        // Release: pairs with the Acquire of `is_current`, for the waiters of earlier closes
+        // that learn from the new cycle that theirs has ended.
         let prev = self
             .entries_token
-            .fetch_add(2 | u64::from(enabled), Ordering::Relaxed);
+            .fetch_add(2 | u64::from(enabled), Ordering::Release);
         debug_assert_eq!(prev & 1, 0, "a close of an open word with its token out");
         if !enabled {
             // No thread-local entries exist: nothing to wait for.

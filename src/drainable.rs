@@ -350,7 +350,12 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
     ///
     /// Blocking: spins briefly, then sleeps on the counter word as a futex, to be woken by the
     /// drop that releases the last guard. Starvation-free: it waits only for guards taken
-    /// before the close.
+    /// before the close, and returns without touching the drainable if that close has ended
+    /// meanwhile (another drain saw it drained and it was reopened): it never finishes,
+    /// commits or marks drained a later close. One exception, for [`Drainable`], whose one
+    /// word cannot number its closes: if by the time this drain looks the drainable was
+    /// drained, reopened *and drained again*, it also waits for the guards of that later
+    /// drain. [`PerCpuDrainable`] numbers its closes and has no such exception.
     ///
     /// # Panics
     ///
@@ -371,13 +376,15 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
     /// ```
     pub fn drain(&self) {
         track::assert_not_held(self.key.get(), "Drainable::drain");
-        {
+        let close = {
             let _control = self.counter.lock_control();
             if state::close_committed(&self.state, C::CLOSE_TOKEN) {
                 self.counter.closed(&self.state);
             }
-        }
-        let drained = self.wait(Hold::Committed, None);
+            // Under the lock that orders closes: the close this drain took part in.
+            self.counter.current_close()
+        };
+        let drained = self.wait(Hold::Committed, close, None);
         debug_assert!(drained.is_ok());
     }
 
@@ -404,7 +411,7 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
     pub fn drain_timeout(&self, timeout: Duration) -> Result<(), DrainTimeoutError> {
         let pending = self.prepare_drain();
         let deadline = Instant::now().checked_add(timeout);
-        match self.wait(Hold::Pending, deadline) {
+        match self.wait(Hold::Pending, pending.close, deadline) {
             Ok(()) => {
                 // The wait gave the pending close back when it committed.
                 std::mem::forget(pending);
@@ -441,7 +448,10 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
         if state::add_pending(&self.state, C::CLOSE_TOKEN) {
             self.counter.closed(&self.state);
         }
-        PendingDrain { drainable: self }
+        PendingDrain {
+            drainable: self,
+            close: self.counter.current_close(),
+        }
     }
 
     /// Drained → Open, like `percpu_ref_reinit` or `ExReInitializeRundownProtection`. Returns
@@ -547,17 +557,24 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
         }
     }
 
-    /// Waits until the close held by `hold` has drained: first for the guards the counter
-    /// keeps outside the word (thread-local entries), then for the word's count. On timeout
-    /// returns the guards outstanding; the hold stays in place.
-    fn wait(&self, hold: Hold, deadline: Option<Instant>) -> Result<(), usize> {
-        if self.counter.wait_held(&self.state, hold, deadline)? && hold == Hold::Committed {
+    /// Waits until the close held by `hold` (the counter's number for it: `close`) has
+    /// drained: first for the guards the counter keeps outside the word (thread-local
+    /// entries), then for the word's count. On timeout returns the guards outstanding; the
+    /// hold stays in place.
+    ///
+    /// A committed hold's close may end without this waiter (another waiter saw it drained,
+    /// and it was reopened since): the waiter then returns without touching the word, so that
+    /// it never finishes, commits or marks drained a later close (docs/design.md §2a).
+    fn wait(&self, hold: Hold, close: u64, deadline: Option<Instant>) -> Result<(), usize> {
+        if self.counter.wait_held(&self.state, hold, close, deadline)? && hold == Hold::Committed {
             // Drained or reopened since our close: done (a pending hold still has to trade
             // itself in, below).
             return Ok(());
         }
-        state::wait_drained(&self.state, hold, deadline)
-            .map_err(|seen| self.outstanding_at_timeout(seen))
+        state::wait_drained(&self.state, hold, deadline, || {
+            self.counter.is_current(close)
+        })
+        .map_err(|seen| self.outstanding_at_timeout(seen))
     }
 
     /// Removes one pending close; reopens (and unfolds the counters) if it was the last close.
@@ -806,6 +823,8 @@ impl<T: ?Sized + fmt::Debug, C: Counter> fmt::Debug for OwnedGuard<T, C> {
 #[must_use = "dropping a PendingDrain undoes it at once"]
 pub struct PendingDrain<'a, T: ?Sized, C: Counter = Shared> {
     drainable: &'a DrainableWith<T, C>,
+    /// The counter's number for the close this holds (it cannot change while this lives).
+    close: u64,
 }
 
 impl<'a, T: ?Sized, C: Counter> PendingDrain<'a, T, C> {
@@ -825,7 +844,7 @@ impl<'a, T: ?Sized, C: Counter> PendingDrain<'a, T, C> {
     pub fn commit(self) {
         track::assert_not_held(self.drainable.key.get(), "PendingDrain::commit");
         let this = std::mem::ManuallyDrop::new(self);
-        let drained = this.drainable.wait(Hold::Pending, None);
+        let drained = this.drainable.wait(Hold::Pending, this.close, None);
         debug_assert!(drained.is_ok());
     }
 
@@ -852,7 +871,7 @@ impl<'a, T: ?Sized, C: Counter> PendingDrain<'a, T, C> {
     /// ```
     pub fn commit_timeout(self, timeout: Duration) -> Result<(), PendingDrain<'a, T, C>> {
         let deadline = Instant::now().checked_add(timeout);
-        match self.drainable.wait(Hold::Pending, deadline) {
+        match self.drainable.wait(Hold::Pending, self.close, deadline) {
             Ok(()) => {
                 std::mem::forget(self);
                 Ok(())

@@ -184,16 +184,22 @@ pub(crate) fn outstanding(id: u64) -> usize {
 /// Waits, after a close of `word`, until no entry holds `id`, or until `deadline`
 /// (`Err`).
 ///
-/// Returns [`Waited::Over`] early once `word` says the drain is over: `DRAINED` (another waiter
-/// finished it), or, for a committed hold, open again (reopened after that).
+/// Returns [`Waited::Over`] early once the drain is over: `word` says `DRAINED` (another
+/// waiter finished it), or, for a committed hold, its close has ended since (a reopen cleared
+/// `COMMITTED`, or `is_current` says a later close is in effect).
 pub(crate) fn wait_released(
     id: u64,
     word: &AtomicU32,
     hold: Hold,
     deadline: Option<Instant>,
+    is_current: impl Fn() -> bool,
 ) -> Result<Waited, ()> {
+    let is_over = |word: u32| match hold {
+        Hold::Committed => state::committed_close_is_over(word, &is_current),
+        Hold::Pending => word & state::DRAINED != 0,
+    };
     // Acquire: a drain already over is seen with what led to it (no barrier, no scan).
-    if is_over(word.load(Ordering::Acquire), hold) {
+    if is_over(word.load(Ordering::Acquire)) {
         return Ok(Waited::Over);
     }
     if !enabled() {
@@ -206,7 +212,7 @@ pub(crate) fn wait_released(
         if record.holds(id) == 0 {
             continue;
         }
-        match wait_record(record, id, word, hold, deadline)? {
+        match wait_record(record, id, word, &is_over, deadline)? {
             Waited::Clear => {}
             Waited::Over => return Ok(Waited::Over),
         }
@@ -227,7 +233,7 @@ fn wait_record(
     record: &Record,
     id: u64,
     word: &AtomicU32,
-    hold: Hold,
+    is_over: &impl Fn(u32) -> bool,
     deadline: Option<Instant>,
 ) -> Result<Waited, ()> {
     // Relaxed: ordered by the heavy barrier that follows.
@@ -241,7 +247,7 @@ fn wait_record(
         // Acquire: pairs with the bump in `wake` (the entry cleared before it).
         let seq = record.seq.load(Ordering::Acquire);
         // Acquire: a drain finished by another waiter, or a reopen, is seen with what led to it.
-        if is_over(word.load(Ordering::Acquire), hold) {
+        if is_over(word.load(Ordering::Acquire)) {
             break Ok(Waited::Over);
         }
         if record.holds(id) == 0 {
@@ -258,7 +264,7 @@ fn wait_record(
                 if sync::wait_until(&record.seq, seq, deadline)
                     && record.holds(id) != 0
                     // Acquire: as above; a drain finished meanwhile is not a timeout.
-                    && !is_over(word.load(Ordering::Acquire), hold)
+                    && !is_over(word.load(Ordering::Acquire))
                 {
                     break Err(());
                 }
@@ -268,12 +274,6 @@ fn wait_record(
     // Relaxed: a stale non-zero only costs a releaser one needless wake.
     record.waiters.fetch_sub(1, Ordering::Relaxed);
     outcome
-}
-
-/// Whether a waiter holding `hold` is done whatever the entries say: the word was drained
-/// (by a waiter that saw every entry clear), or, for a committed hold, reopened since.
-fn is_over(word: u32, hold: Hold) -> bool {
-    word & state::DRAINED != 0 || (hold == Hold::Committed && !state::is_closed(word))
 }
 
 /// Wakes every drainer waiting on a record, so that it re-reads the lifecycle word. Called

@@ -349,15 +349,14 @@ pub(crate) fn wait_drained(
     word: &AtomicU32,
     hold: Hold,
     deadline: Option<Instant>,
+    is_current: impl Fn() -> bool,
 ) -> Result<(), u32> {
     let mut spins = sync::SPIN_LIMIT;
     let mut timed_out = false;
     // Acquire: release → drainer.
     let mut cur = word.load(Ordering::Acquire);
     loop {
-        // A committed waiter is done once the word was drained after its close. An open word
-        // means someone reopened it, which needs DRAINED, which was set after our close.
-        if hold == Hold::Committed && (cur & DRAINED != 0 || !is_closed(cur)) {
+        if hold == Hold::Committed && committed_close_is_over(cur, &is_current) {
             return Ok(());
         }
         if cur & DRAINED != 0 || count(cur) == 0 {
@@ -394,6 +393,23 @@ pub(crate) fn wait_drained(
         }
         (cur, timed_out) = wait_for_change(word, cur, &mut spins, deadline);
     }
+}
+
+/// Whether a committed waiter's close is over, given a word value read (`Acquire`) after its
+/// close: drained, or ended by a `reopen` since. Its close set `COMMITTED`, which only `reopen`
+/// clears, and a reopen needs `DRAINED`, set after that close: so a word without `COMMITTED`
+/// (open, or closed again by reversible closes only) says the waiter's close drained. The word
+/// cannot tell a later irreversible close from the waiter's own; `is_current` can, where the
+/// counter numbers its closes (`PerCpu`; for `Shared` it always says yes, and the waiter then
+/// also waits for the guards of such a later close: docs/design.md §2a).
+///
+/// Whatever ended the close, the `Acquire` read that shows it comes after, in the word's
+/// modification order, every guard release of that close (all later writes are RMWs, which
+/// continue their release sequences), so everything done under those guards happens-before
+/// the waiter returns.
+#[inline]
+pub(crate) fn committed_close_is_over(word: u32, is_current: impl Fn() -> bool) -> bool {
+    word & DRAINED != 0 || word & COMMITTED == 0 || !is_current()
 }
 
 /// The finishing CAS of a pending hold (see `wait_drained`) on a word whose pending field is at
@@ -540,7 +556,7 @@ mod tests {
         assert_eq!(try_acquire(&w), Err(Refused::Closed));
         // SAFETY: the count taken above.
         unsafe { release(&w) };
-        assert_eq!(wait_drained(&w, Hold::Committed, None), Ok(()));
+        assert_eq!(wait_drained(&w, Hold::Committed, None, || true), Ok(()));
         assert_eq!(phase(w.load(Ordering::Relaxed)), Phase::Drained);
         assert!(reopen(&w));
         assert_eq!(w.load(Ordering::Relaxed), 0);
@@ -570,7 +586,7 @@ mod tests {
         try_acquire(&w).unwrap();
         try_acquire(&w).unwrap();
         add_pending(&w, 0);
-        let r = wait_drained(&w, Hold::Pending, Some(Instant::now()));
+        let r = wait_drained(&w, Hold::Pending, Some(Instant::now()), || true);
         assert_eq!(r, Err(2));
         assert_eq!(pending(w.load(Ordering::Relaxed)), 1);
         assert!(undo_pending(&w));
@@ -613,7 +629,7 @@ mod tests {
             add_pending(&w, 0);
         }
         for _ in 0..n {
-            assert_eq!(wait_drained(&w, Hold::Pending, None), Ok(()));
+            assert_eq!(wait_drained(&w, Hold::Pending, None, || true), Ok(()));
         }
         let cur = w.load(Ordering::Relaxed);
         assert_eq!((pending(cur), phase(cur)), (0, Phase::Drained));
@@ -639,7 +655,7 @@ mod tests {
         // SAFETY: the count taken above.
         unsafe { release(&w) };
         add_pending(&w, 0);
-        wait_drained(&w, Hold::Committed, None).unwrap();
+        wait_drained(&w, Hold::Committed, None, || true).unwrap();
         assert!(!reopen(&w), "a PendingDrain is still live");
         assert!(!undo_pending(&w));
         assert!(reopen(&w));

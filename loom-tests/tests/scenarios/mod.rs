@@ -535,3 +535,103 @@ fn release_across_prepare_undo_then_drain() {
         assert!(d.try_acquire().is_some());
     });
 }
+
+/// (14) A late drainer against a later close (the review's trace). A second thread drains
+/// while the main thread drains too; the main thread's drain completes, it reopens, an
+/// acquirer takes a guard and writes under it, and the main thread closes again with
+/// `prepare_drain` and commits. The late drain may resume at any point; it must never finish,
+/// commit or mark drained a close that is not its own: the main thread's commit waits for the
+/// acquirer's guard (its write happens before the commit returns) and no guard is handed out
+/// after the commit. For the per-CPU counter loom found the late drainer giving back the later
+/// close's token after a scan made before that close.
+#[test]
+fn a_late_drain_never_finishes_a_later_close() {
+    model(|| {
+        let (d, cell) = canary(0);
+        let late = {
+            let d = Arc::clone(&d);
+            thread::spawn(move || d.drain())
+        };
+        d.drain();
+        assert!(d.reopen(), "drained, nothing pending: reopen must succeed");
+        let acquirer = {
+            let d = Arc::clone(&d);
+            thread::spawn(move || {
+                if let Some(g) = d.try_acquire() {
+                    g.set(1);
+                }
+            })
+        };
+        let p = d.prepare_drain();
+        p.commit();
+        // Races with the acquirer's write unless its guard was waited for; and a guard taken
+        // after the commit would race with it too.
+        cell.set(POISON);
+        acquirer.join().unwrap();
+        late.join().unwrap();
+        assert!(d.is_drained());
+    });
+}
+
+/// (15) A late drain must not turn a later reversible close into an irreversible one: the
+/// main thread's `prepare_drain` after its reopen must stay undoable. The late drain's close
+/// comes first (the main thread waits to see it), so it is over once the main thread's drain
+/// has returned.
+#[test]
+fn a_late_drain_never_commits_a_later_prepare() {
+    model(|| {
+        let (d, _cell) = canary(0);
+        let late = {
+            let d = Arc::clone(&d);
+            thread::spawn(move || d.drain())
+        };
+        while d.is_open() {
+            thread::yield_now();
+        }
+        d.drain();
+        assert!(d.reopen());
+        let p = d.prepare_drain();
+        assert!(
+            p.undo(),
+            "a late drain made a later prepare_drain irreversible"
+        );
+        late.join().unwrap();
+        assert!(d.is_open());
+    });
+}
+
+/// (16) More reversible closes than the word's pending field counts (loom shrinks the field's
+/// limit to 2): a third close spills into the side table while the first two are undone on
+/// another thread. The drainable must stay closed while any close is live, reopen exactly
+/// when the last is given back, and leave nothing behind.
+#[test]
+fn closes_beyond_the_word_spill_and_come_back() {
+    model(|| {
+        let (d, _cell) = canary(0);
+        let first = d.prepare_drain();
+        let second = d.prepare_drain();
+        let third = {
+            let d = Arc::clone(&d);
+            thread::spawn(move || {
+                let p = d.prepare_drain();
+                assert!(!d.is_open(), "open while a spilled close is live");
+                assert!(d.try_acquire().is_none());
+                p.undo()
+            })
+        };
+        let reopened_first = first.undo();
+        let reopened_second = second.undo();
+        let reopened_third = third.join().unwrap();
+        assert_eq!(
+            [reopened_first, reopened_second, reopened_third]
+                .iter()
+                .filter(|&&r| r)
+                .count(),
+            1,
+            "exactly the last give-back reopens"
+        );
+        assert!(d.is_open());
+        d.drain();
+        assert!(d.reopen(), "a close was left behind");
+    });
+}
