@@ -622,13 +622,12 @@ fn closes_beyond_the_word_spill_and_come_back() {
         let reopened_first = first.undo();
         let reopened_second = second.undo();
         let reopened_third = third.join().unwrap();
-        assert_eq!(
-            [reopened_first, reopened_second, reopened_third]
-                .iter()
-                .filter(|&&r| r)
-                .count(),
-            1,
-            "exactly the last give-back reopens"
+        // The first is undone while the second is live; the third reopens again only if its
+        // close came after the second's undo had reopened (then it was not spilled).
+        assert!(!reopened_first, "reopened while the second close was live");
+        assert!(
+            reopened_second || reopened_third,
+            "the last give-back must reopen"
         );
         assert!(d.is_open());
         d.drain();
