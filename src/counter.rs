@@ -326,13 +326,12 @@ impl sealed::CounterImpl for PerCpu {
         close: u64,
         deadline: Option<std::time::Instant>,
     ) -> Result<bool, usize> {
-        // The invariant (docs/design.md §6b): only a waiter of close `close`, whose scan
+        // The invariant (docs/design.md §2a): only a waiter of close `close`, whose scan
         // followed that close, gives its entries token back, and only while it is the
         // close in effect. A scan made under one close says nothing about acquirers that
-        // read the word open after a reopen, so a waiter whose close has ended stops here.
-        if hold == state::Hold::Committed && !self.is_current(close) {
-            return Ok(true);
-        }
+        // read the word open after a reopen, so a waiter whose close has ended stops
+        // (`wait_released` checks before its barrier and while it waits; the CAS below
+        // decides).
         debug_assert!(
             hold == state::Hold::Committed || self.is_current(close),
             "a pending close outlived its cycle"
@@ -362,6 +361,8 @@ impl sealed::CounterImpl for PerCpu {
                         // A close of an open word came since: the word was reopened after
                         // our close. Only a committed hold allows that, and it is then over.
                         debug_assert_eq!(hold, state::Hold::Committed);
+                        // `is_current` re-reads with Acquire: the later close, and the drain
+                        // and reopen before it, happen-before this waiter returns.
                         Ok(!self.is_current(close))
                     }
                 }

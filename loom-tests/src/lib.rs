@@ -11,7 +11,7 @@
 //!
 //! ```text
 //! cargo test -p drainable-loom-tests
-//! RUSTFLAGS="--cfg drainable_loom" LOOM_MAX_PREEMPTIONS=3 \
+//! RUSTFLAGS="--cfg drainable_loom" LOOM_MAX_PREEMPTIONS=4 \
 //!     cargo test -p drainable-loom-tests --release --target-dir target/loom
 //! ```
 //!
@@ -42,8 +42,10 @@ where
     thread::spawn(move || f(std::mem::ManuallyDrop::into_inner(value)))
 }
 
-/// The preemption bound used when `LOOM_MAX_PREEMPTIONS` is not set.
-pub const DEFAULT_MAX_PREEMPTIONS: usize = 3;
+/// The preemption bound used when `LOOM_MAX_PREEMPTIONS` is not set: 4, the bound CI runs.
+/// A real ordering bug of the per-CPU counter passed at 3 and failed at 4; shrink a model
+/// that is too slow rather than the bound.
+pub const DEFAULT_MAX_PREEMPTIONS: usize = 4;
 
 /// How many times a scenario runs on real threads.
 #[cfg(not(drainable_loom))]

@@ -3,4 +3,8 @@
 
 use drainable::{Drainable, OwnedGuard};
 
+/// Readers racing the drains of scenario (10): two, so that back-outs of two threads land
+/// between the drains' reads of the one word.
+const BACKING_OUT_READERS: usize = 2;
+
 mod scenarios;

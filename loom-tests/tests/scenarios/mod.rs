@@ -414,7 +414,7 @@ fn drain_races_backing_out_readers() {
     model(|| {
         let (d, cell) = canary(0);
 
-        let readers: Vec<_> = (0..2)
+        let readers: Vec<_> = (0..super::BACKING_OUT_READERS)
             .map(|_| {
                 let d = Arc::clone(&d);
                 thread::spawn(move || {
