@@ -32,17 +32,43 @@
 //! record (which lives for the whole process), never the drainable: the drainable may be
 //! freed the instant its last entry is 0.
 //!
-//! Where `membarrier` is missing (other kernels, seccomp) no record is handed out, and
-//! `PerCpu` counts every guard in its per-CPU slots (`fold.rs`), as it does for
+//! Where `membarrier` is missing at start-up (other kernels, seccomp) no record is handed
+//! out, and `PerCpu` counts every guard in its per-CPU slots (`fold.rs`), as it does for
 //! [`OwnedGuard`](crate::OwnedGuard)s, which may be released on another thread, and for a
 //! thread that already holds [`ENTRIES`] guards.
+//!
+//! # When `membarrier` is refused later: the signal barrier
+//!
+//! A sandbox may install a seccomp filter after records were handed out. Threads keep
+//! taking guards on their records with plain stores, so a drain still needs a heavy barrier:
+//! the first `membarrier` that fails switches the process, for good, to the signal barrier
+//! of `signal_barrier.rs` (the idea of liburcu's signal flavour, `urcu-signal`,
+//! <https://liburcu.org>). It signals every thread that owns a record (other than the
+//! drainer) and waits until each one's handler has read the drainer's request, run a full
+//! fence and acknowledged it. The handler runs between two instructions of its thread, on
+//! one side or the other of the acquirer's (or releaser's) compiler fence, so the pair still
+//! acts as two `SeqCst` fences: a handler before the entry store read the request, so the
+//! close happens-before the thread's load of the word; a handler after it publishes the store
+//! with its acknowledgement. `DRAINABLE_FORCE_SIGNAL_BARRIER=1` (a testing aid, read once)
+//! uses it from the start.
+//!
+//! For that, each record names its owner thread (its kernel tid, stamped at the claim,
+//! followed by a `SeqCst` fence so that a barrier that misses the stamp is seen by the
+//! thread's guards). And a thread that exits while it still holds an entry (a leaked guard,
+//! or one that a later thread-local destructor will drop, writing the record and reading
+//! `waiters`) does not give its record back: it stays stamped, so that signal barriers still
+//! reach the thread, until a barrier finds the thread gone and gives it back. The signal
+//! barrier's limits (a thread that blocks the signal holds drains up, reported on stderr;
+//! no usable signal at all is a panic) are in `signal_barrier.rs`.
 //!
 //! # Records
 //!
 //! Records form a process-wide list that only grows; a thread's record goes back to the
-//! pool when the thread exits and the next new thread reuses it. Memory: 128 bytes per
-//! thread alive at once, shared by every per-CPU drainable. A drainer scans the whole list:
-//! its cost grows with the number of threads, not of drainables.
+//! pool when the thread exits holding none of its entries, and the next new thread reuses
+//! it. Memory: 128 bytes per thread alive at once, shared by every per-CPU drainable, plus
+//! one per thread that exited holding an entry (given back by a signal barrier, if there is
+//! one). A drainer scans the whole list: its cost grows with the number of threads, not of
+//! drainables.
 //!
 //! Ids, not addresses, mark entries: a guard leaked with `mem::forget` keeps its entry (one
 //! of its thread's four) forever, but no other drainable can ever mistake it for its own.
