@@ -132,6 +132,13 @@ fn a_guard_dropped_by_a_late_thread_local_destructor_ends_the_drain() {
         t.join().unwrap();
         assert!(d.reopen());
     }
+    if child::records_expected(true) {
+        assert_ne!(
+            child::rt_signals_with_handlers(),
+            Vec::<i32>::new(),
+            "no signal handler: the drains did not use the signal barrier"
+        );
+    }
     println!("{MARKER}");
 }
 
