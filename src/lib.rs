@@ -77,6 +77,7 @@ mod fold;
 mod grace;
 mod local;
 mod registry;
+mod signal_barrier;
 mod state;
 mod sync;
 mod table;

@@ -32,21 +32,48 @@
 //! record (which lives for the whole process), never the drainable: the drainable may be
 //! freed the instant its last entry is 0.
 //!
-//! Where `membarrier` is missing (other kernels, seccomp) no record is handed out, and
-//! `PerCpu` counts every guard in its per-CPU slots (`fold.rs`), as it does for
+//! Where `membarrier` is missing at start-up (other kernels, seccomp) no record is handed
+//! out, and `PerCpu` counts every guard in its per-CPU slots (`fold.rs`), as it does for
 //! [`OwnedGuard`](crate::OwnedGuard)s, which may be released on another thread, and for a
 //! thread that already holds [`ENTRIES`] guards.
+//!
+//! # When `membarrier` is refused later: the signal barrier
+//!
+//! A sandbox may install a seccomp filter after records were handed out. Threads keep
+//! taking guards on their records with plain stores, so a drain still needs a heavy barrier:
+//! the first `membarrier` that fails switches the process, for good, to the signal barrier
+//! of `signal_barrier.rs` (the idea of liburcu's signal flavour, `urcu-signal`,
+//! <https://liburcu.org>). It signals every thread that owns a record (other than the
+//! drainer) and waits until each one's handler has read the drainer's request, run a full
+//! fence and acknowledged it. The handler runs between two instructions of its thread, on
+//! one side or the other of the acquirer's (or releaser's) compiler fence, so the pair still
+//! acts as two `SeqCst` fences: a handler before the entry store read the request, so the
+//! close happens-before the thread's load of the word; a handler after it publishes the store
+//! with its acknowledgement. `DRAINABLE_FORCE_SIGNAL_BARRIER=1` (a testing aid, read once)
+//! uses it from the start.
+//!
+//! For that, each record names its owner thread (its kernel tid, stamped at the claim,
+//! followed by a `SeqCst` fence so that a barrier that misses the stamp is seen by the
+//! thread's guards). And a thread that exits while it still holds an entry (a leaked guard,
+//! or one that a later thread-local destructor will drop, writing the record and reading
+//! `waiters`) does not give its record back: it stays stamped, so that signal barriers still
+//! reach the thread, until a barrier finds the thread gone and gives it back. The signal
+//! barrier's limits (a thread that blocks the signal holds drains up, reported on stderr;
+//! no usable signal at all is a panic) are in `signal_barrier.rs`.
 //!
 //! # Records
 //!
 //! Records form a process-wide list that only grows; a thread's record goes back to the
-//! pool when the thread exits and the next new thread reuses it. Memory: 128 bytes per
-//! thread alive at once, shared by every per-CPU drainable. A drainer scans the whole list:
-//! its cost grows with the number of threads, not of drainables.
+//! pool when the thread exits holding none of its entries, and the next new thread reuses
+//! it. Memory: 128 bytes per thread alive at once, shared by every per-CPU drainable, plus
+//! one per thread that exited holding an entry (given back by a signal barrier, if there is
+//! one). A drainer scans the whole list: its cost grows with the number of threads, not of
+//! drainables.
 //!
 //! Ids, not addresses, mark entries: a guard leaked with `mem::forget` keeps its entry (one
 //! of its thread's four) forever, but no other drainable can ever mistake it for its own.
 
+use crate::signal_barrier::Handshake;
 use crate::state::{self, Hold, Refused};
 use crate::sync::{self, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
@@ -68,10 +95,14 @@ pub(crate) struct Record {
     waiters: AtomicU32,
     /// Bumped by a release that saw `waiters`; drainers sleep on it.
     seq: AtomicU32,
-    /// A live thread owns the record.
+    /// A live thread owns the record (or an exited one still held an entry of it when it
+    /// exited: see `first_use`).
     in_use: AtomicBool,
     /// The next record in the list: set before the record is published, then never changed.
     next: *const Record,
+    /// The owner thread and its acknowledgements, for the signal barrier that replaces
+    /// `membarrier` where it is refused (`signal_barrier.rs`; nothing on other platforms).
+    handshake: Handshake,
 }
 
 // SAFETY: `next` is written once before the record is shared and only read afterwards; every
@@ -305,6 +336,8 @@ fn light_barrier() {
     sync::fence(Ordering::SeqCst);
 }
 
+/// `membarrier`, or the signal barrier once `membarrier` is refused (see the module docs).
+/// Panics, saying why, only when neither can be made (`signal_barrier.rs`).
 fn heavy_barrier() {
     // The language-level half: pairs with the `SeqCst` fence of `wake_waiters` (and costs
     // nothing next to the system call).
@@ -351,45 +384,54 @@ fn head() -> &'static AtomicPtr<Record> {
     &HEAD
 }
 
-/// A free record (from a thread that exited) or a new one. Under loom records are never given
-/// back, so the search for a free one is skipped (its loads would only add branch points).
+/// A free record (from a thread that exited) or a new one, stamped with the calling thread as
+/// its owner. Under loom records are never given back, so the search for a free one is
+/// skipped (its loads would only add branch points).
 fn claim_record() -> &'static Record {
-    #[cfg(not(drainable_loom))]
-    for record in records() {
-        // Acquire: the exiting thread's last entry writes are seen (its entries stay as they
-        // are; a leaked guard keeps its entry).
-        if !record.in_use.load(Ordering::Relaxed)
-            && record
-                .in_use
-                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-        {
-            return record;
+    let record: &'static Record = 'claim: {
+        #[cfg(not(drainable_loom))]
+        for record in records() {
+            // Acquire: the exiting thread's last entry writes are seen (its entries stay as
+            // they are; a leaked guard keeps its entry).
+            if !record.in_use.load(Ordering::Relaxed)
+                && record
+                    .in_use
+                    .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                break 'claim record;
+            }
         }
-    }
-    let record: &'static mut Record = Box::leak(Box::new(Record {
-        entries: std::array::from_fn(|_| AtomicU64::new(0)),
-        waiters: AtomicU32::new(0),
-        seq: AtomicU32::new(0),
-        in_use: AtomicBool::new(true),
-        next: std::ptr::null(),
-    }));
-    let head = head();
-    // Relaxed: the CAS below publishes.
-    let mut cur = head.load(Ordering::Relaxed);
-    loop {
-        record.next = cur;
-        // Release: publishes the record's fields to scanners (their Acquire load of the head).
-        match head.compare_exchange_weak(
-            cur,
-            record as *mut Record,
-            Ordering::Release,
-            Ordering::Relaxed,
-        ) {
-            Ok(_) => return record,
-            Err(actual) => cur = actual,
+        let record: &'static mut Record = Box::leak(Box::new(Record {
+            entries: std::array::from_fn(|_| AtomicU64::new(0)),
+            waiters: AtomicU32::new(0),
+            seq: AtomicU32::new(0),
+            in_use: AtomicBool::new(true),
+            next: std::ptr::null(),
+            handshake: Handshake::new(),
+        }));
+        let head = head();
+        // Relaxed: the CAS below publishes.
+        let mut cur = head.load(Ordering::Relaxed);
+        loop {
+            record.next = cur;
+            // Release: publishes the record's fields to scanners (their Acquire load of the
+            // head).
+            match head.compare_exchange_weak(
+                cur,
+                record as *mut Record,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break 'claim record,
+                Err(actual) => cur = actual,
+            }
         }
-    }
+    };
+    // After the claim or the push, before any entry write: a signal barrier that does not
+    // see this stamp is seen by this thread's guards (a SeqCst fence in `claim`).
+    record.handshake.claim();
+    record
 }
 
 /// This thread's record, claimed on first use. `None` where records are disabled.
@@ -406,27 +448,65 @@ fn current() -> Option<&'static Record> {
     #[inline(never)]
     fn first_use() -> Option<&'static Record> {
         /// Gives the record back when the thread exits.
-        struct Owner(Cell<Option<&'static Record>>);
+        struct Owner {
+            record: Cell<Option<&'static Record>>,
+            /// The entries that held a value when this thread claimed the record: guards
+            /// leaked by an earlier owner, which is gone. They never change.
+            inherited: Cell<u8>,
+        }
         impl Drop for Owner {
             fn drop(&mut self) {
-                if let Some(record) = self.0.get() {
+                if let Some(record) = self.record.get() {
                     // From now on this thread counts in the slots (another TLS destructor may
                     // still take guards).
                     CURRENT.with(|c| c.set(NONE));
-                    // Release: the next owner sees this thread's entry writes.
-                    record.in_use.store(false, Ordering::Release);
+                    if held(record) & !self.inherited.get() == 0 {
+                        record.handshake.give_back();
+                        // Release: the next owner sees this thread's entry writes.
+                        record.in_use.store(false, Ordering::Release);
+                    }
+                    // Else this thread still holds a guard here: leaked, or to be dropped by a
+                    // later TLS destructor, which writes the entry and reads `waiters`. The
+                    // record stays in use, stamped with this thread, so that a signal barrier
+                    // still reaches the thread; that barrier gives it back once the thread is
+                    // gone (with `membarrier`, it stays in use).
                 }
             }
         }
-        thread_local! {
-            static OWNER: Owner = const { Owner(Cell::new(None)) };
+        /// The entries of `record` that hold a value, as a bit mask.
+        fn held(record: &Record) -> u8 {
+            const _: () = assert!(ENTRIES <= 8);
+            // Relaxed: this thread's own writes, and values no other thread changes.
+            (0..ENTRIES)
+                .filter(|&i| record.entries[i].load(Ordering::Relaxed) != 0)
+                .fold(0, |mask, i| mask | 1 << i)
         }
-        let record = if enabled() {
+        /// Runs in the child of a `fork`, on the thread that forked: the child's only
+        /// thread, with a new tid, stamped on its record for the signal barrier.
+        extern "C" fn after_fork() {
+            let p = CURRENT.with(Cell::get);
+            if !p.is_null() && p != NONE {
+                // SAFETY: a record pointer stored by `first_use`; records are never freed.
+                unsafe { &*p }.handshake.after_fork();
+            }
+        }
+        thread_local! {
+            static OWNER: Owner = const {
+                Owner {
+                    record: Cell::new(None),
+                    inherited: Cell::new(0),
+                }
+            };
+        }
+        // No record if forks cannot be watched (only for lack of memory): a fork child could
+        // not tell its records' owners apart, and the slots are always sound.
+        let record = if enabled() && crate::signal_barrier::watch_forks(after_fork) {
             // During thread exit (OWNER already gone) no record is claimed.
             OWNER
                 .try_with(|owner| {
                     let record = claim_record();
-                    owner.0.set(Some(record));
+                    owner.record.set(Some(record));
+                    owner.inherited.set(held(record));
                     record
                 })
                 .ok()
@@ -463,11 +543,26 @@ fn current() -> Option<&'static Record> {
     })
 }
 
-/// `membarrier(2)`: registration once per process, then the expedited barrier.
+/// `membarrier(2)`: registration once per process, then the expedited barrier, or the signal
+/// barrier once `membarrier` is refused.
 #[cfg(not(any(miri, drainable_loom)))]
-mod membarrier {
+pub(crate) mod membarrier {
+    /// Calls `f` with every record's handshake and `in_use` flag, for the signal barrier,
+    /// which also calls this from its signal handler: it only loads atomics and the records'
+    /// `next` (immutable once published), and allocates nothing.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub(crate) fn each_record(
+        mut f: impl FnMut(&'static super::Handshake, &'static super::AtomicBool),
+    ) {
+        for record in super::records() {
+            f(&record.handshake, &record.in_use);
+        }
+    }
+
     #[cfg(any(target_os = "linux", target_os = "android"))]
     mod sys {
+        use crate::signal_barrier;
+
         // From <linux/membarrier.h>.
         const CMD_QUERY: libc::c_int = 0;
         const CMD_PRIVATE_EXPEDITED: libc::c_int = 1 << 3;
@@ -490,6 +585,11 @@ mod membarrier {
             if std::env::var_os("DRAINABLE_NO_MEMBARRIER").is_some() {
                 return false;
             }
+            if signal_barrier::forced() {
+                // The testing aid: records as usual, every heavy barrier made of signals.
+                signal_barrier::activate();
+                return true;
+            }
             let supported = call(CMD_QUERY);
             let needed = (CMD_PRIVATE_EXPEDITED | CMD_REGISTER_PRIVATE_EXPEDITED) as libc::c_long;
             supported >= 0
@@ -498,13 +598,16 @@ mod membarrier {
         }
 
         pub(super) fn expedited() {
-            let r = call(CMD_PRIVATE_EXPEDITED);
-            // Cannot fail once registered (it has no EINTR); a failure would break the
-            // handshake, so it is not ignored.
-            assert_eq!(
-                r, 0,
-                "drainable: membarrier(PRIVATE_EXPEDITED) failed after registration"
-            );
+            if !signal_barrier::active() {
+                if call(CMD_PRIVATE_EXPEDITED) == 0 {
+                    return;
+                }
+                // Refused after registration (it has no EINTR): a seccomp filter installed
+                // since, as sandboxes do. Records are out, so a barrier is still needed: from
+                // now on, for good, every heavy barrier signals the records' owners instead.
+                signal_barrier::activate();
+            }
+            signal_barrier::barrier();
         }
     }
 

@@ -1,0 +1,161 @@
+//! The signal barrier, the heavy barrier that replaces `membarrier` once the kernel refuses
+//! it, exercised without seccomp through its testing aid `DRAINABLE_FORCE_SIGNAL_BARRIER=1`
+//! (read once per process, hence the child processes).
+#![cfg(all(target_os = "linux", not(miri)))] // Miri cannot spawn the child processes
+
+mod child;
+
+use drainable::PerCpuDrainable;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const FORCE: (&str, &str) = ("DRAINABLE_FORCE_SIGNAL_BARRIER", "1");
+const MARKER: &str = "signal-child: done";
+
+/// Readers hammer guards on a canary that is poisoned right after each drain, over every
+/// drain route and a per-CPU registry, with every heavy barrier made of signals.
+#[test]
+fn forced_signal_barrier_keeps_drains_exact() {
+    if !child::in_child() {
+        child::expect_child("forced_signal_barrier_keeps_drains_exact", &[FORCE], MARKER);
+        return;
+    }
+    child::setup(Duration::from_secs(60));
+    let value = child::Value::new();
+    let d = PerCpuDrainable::new(&value);
+    let stats = child::Stats::default();
+    thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| child::reader(&d, &stats));
+        }
+        child::drain_cycles(&d, &value, &stats, 150);
+        stats.stop.store(true, Relaxed);
+    });
+    assert_eq!(
+        stats.violations.load(Relaxed),
+        0,
+        "a guard outlived a drain"
+    );
+    assert_eq!(
+        child::registry_cycles(2, 100),
+        0,
+        "a call outlived unregister"
+    );
+    if child::records_expected(true) {
+        assert_ne!(
+            child::rt_signals_with_handlers(),
+            Vec::<i32>::new(),
+            "no signal handler: the drains did not use the signal barrier"
+        );
+    }
+    println!("{MARKER}");
+}
+
+/// A thread that owns a record and blocks the barrier's signal holds every drain up (there
+/// is no sound way around it), and the drain says so on stderr instead of hanging silently;
+/// once the thread unblocks the signal, the drain completes.
+#[test]
+fn a_thread_blocking_the_signal_is_reported() {
+    const BLOCKED_FOR: Duration = Duration::from_millis(1500);
+    if !child::in_child() {
+        let (stdout, stderr) =
+            child::expect_child("a_thread_blocking_the_signal_is_reported", &[FORCE], MARKER);
+        if stdout.contains("signal-child: records") {
+            assert!(
+                stderr.contains("blocks signal"),
+                "no report of the blocked signal on stderr:\n{stderr}"
+            );
+        }
+        return;
+    }
+    child::setup(Duration::from_secs(60));
+    let d = PerCpuDrainable::new(());
+    let (blocked_tx, blocked_rx) = mpsc::channel();
+    thread::scope(|s| {
+        s.spawn(|| {
+            drop(d.try_acquire().expect("open")); // this thread now owns a record
+            let set = rt_signals();
+            sigmask(libc::SIG_BLOCK, &set);
+            blocked_tx.send(Instant::now()).unwrap();
+            thread::sleep(BLOCKED_FOR);
+            sigmask(libc::SIG_UNBLOCK, &set);
+        });
+        let since = blocked_rx.recv().unwrap();
+        d.drain();
+        if child::records_expected(true) {
+            assert!(
+                since.elapsed() >= BLOCKED_FOR,
+                "the drain did not wait for the thread that blocks the signal"
+            );
+            println!("signal-child: records in use; the drain waited for the thread");
+        }
+    });
+    println!("{MARKER}");
+}
+
+/// A guard kept in a thread-local, and so dropped by a thread-local destructor that runs
+/// after the one that gives the thread's record back, while a drain waits for it: the record
+/// must stay reachable by the barrier until the thread is gone, and the drain must end.
+#[test]
+fn a_guard_dropped_by_a_late_thread_local_destructor_ends_the_drain() {
+    use drainable::{Guard, PerCpu};
+    use std::cell::RefCell;
+    use std::sync::OnceLock;
+    if !child::in_child() {
+        child::expect_child(
+            "a_guard_dropped_by_a_late_thread_local_destructor_ends_the_drain",
+            &[FORCE],
+            MARKER,
+        );
+        return;
+    }
+    child::setup(Duration::from_secs(60));
+    static D: OnceLock<PerCpuDrainable<u32>> = OnceLock::new();
+    thread_local! {
+        // Initialised (and its destructor registered) before the thread's first guard
+        // claims a record: destructors run in reverse, so this one runs last.
+        static KEPT: RefCell<Option<Guard<'static, u32, PerCpu>>> = const { RefCell::new(None) };
+    }
+    let d = D.get_or_init(|| PerCpuDrainable::new(7));
+    for round in 0..20 {
+        let (held_tx, held_rx) = mpsc::channel();
+        let t = thread::spawn(move || {
+            KEPT.with(|k| *k.borrow_mut() = Some(d.try_acquire().expect("open")));
+            held_tx.send(()).unwrap();
+            thread::sleep(Duration::from_millis(2)); // the drain is waiting by then
+        });
+        held_rx.recv().unwrap();
+        d.drain();
+        assert!(d.is_drained(), "round {round}");
+        t.join().unwrap();
+        assert!(d.reopen());
+    }
+    if child::records_expected(true) {
+        assert_ne!(
+            child::rt_signals_with_handlers(),
+            Vec::<i32>::new(),
+            "no signal handler: the drains did not use the signal barrier"
+        );
+    }
+    println!("{MARKER}");
+}
+
+fn rt_signals() -> libc::sigset_t {
+    // SAFETY: `sigemptyset` initialises the set; `sigaddset` takes valid signal numbers.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in libc::SIGRTMIN()..=libc::SIGRTMAX() {
+            libc::sigaddset(&mut set, sig);
+        }
+        set
+    }
+}
+
+fn sigmask(how: libc::c_int, set: &libc::sigset_t) {
+    // SAFETY: `set` is an initialised signal set; the old mask is not asked for.
+    let r = unsafe { libc::pthread_sigmask(how, set, std::ptr::null_mut()) };
+    assert_eq!(r, 0);
+}
