@@ -201,6 +201,15 @@ impl sealed::CounterImpl for Shared {
 ///   every guard where `membarrier` is unavailable (other platforms, old kernels, seccomp,
 ///   or the environment variable `DRAINABLE_NO_MEMBARRIER` set at first use).
 ///
+/// If `membarrier` is refused only *after* records were handed out (a seccomp filter
+/// installed later, as sandboxes do), the process switches for good to a barrier made of
+/// real-time signals, each acknowledged from a handler after a full fence (liburcu's signal
+/// flavour): drains stay exact, at the cost of a signal per thread that owns a record. A
+/// thread that blocks that signal holds drains up (reported once on stderr after a second);
+/// a process where no real-time signal is free, or where signals to its own threads are
+/// refused too, has no sound barrier left, and the drain panics saying so. `docs/design.md`
+/// §6b has the argument.
+///
 /// `docs/design.md` §6 has the whole argument. `drain`, `prepare_drain`, `undo` and `reopen`
 /// take a small lock that keeps the passes over the slots in the order of the closes and
 /// opens (guards never take it).

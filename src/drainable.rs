@@ -362,6 +362,10 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
     /// In builds with `debug_assertions`, if the calling thread holds a [`Guard`] of this
     /// drainable (it would wait forever for itself). Owned guards are not tracked.
     ///
+    /// For a [`PerCpuDrainable`], if `membarrier` was refused after start-up and the signal
+    /// barrier that replaces it cannot be set up either (see [`PerCpu`]): then no drain can be
+    /// proven complete, and the drainable stays closed.
+    ///
     /// ```
     /// use drainable::Drainable;
     /// use std::sync::Arc;
