@@ -7,4 +7,8 @@ use drainable::{Drainable, OwnedGuard};
 /// between the drains' reads of the one word.
 const BACKING_OUT_READERS: usize = 2;
 
+/// Whether scenario (12) closes again after its reopen while the other drain may still be
+/// asleep: yes for the single word.
+const RECLOSE_WHILE_DRAINING: bool = true;
+
 mod scenarios;

@@ -498,9 +498,12 @@ fn sleeping_drain_survives_a_reopen_cycle() {
         d.drain();
         assert_eq!(cell.get(), 1, "drain() returned before the guard's write");
         assert!(d.reopen());
-        d.drain();
+        if super::RECLOSE_WHILE_DRAINING {
+            d.drain();
+        }
         drainer.join().unwrap();
         holder.join().unwrap();
+        d.drain();
         assert!(d.is_drained());
         assert!(d.try_acquire().is_none());
     });
