@@ -7,11 +7,12 @@
 //! ```text
 //! sanitizer_control race             # a data race: ThreadSanitizer must report it
 //! sanitizer_control use-after-free   # a heap use-after-free: AddressSanitizer must report it
+//! sanitizer_control leak             # a leaked allocation: LeakSanitizer (part of ASan) too
 //! ```
 //!
 //! With no argument (as `cargo run --example sanitizer_control` would run it) it prints this
-//! usage and exits successfully without doing anything. Only the two arguments above run the
-//! planted bugs, and those are undefined behaviour: run them only under the matching
+//! usage and exits successfully without doing anything. Only the arguments above run the
+//! planted bugs; the first two are undefined behaviour: run them only under the matching
 //! sanitizer, which stops the process at the report. `cargo test` builds this example but
 //! never runs it.
 
@@ -22,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Barrier;
 use std::thread;
 
-const USAGE: &str = "usage: sanitizer_control race|use-after-free  \
+const USAGE: &str = "usage: sanitizer_control race|use-after-free|leak  \
                      (deliberate undefined behaviour: run it only under ThreadSanitizer / \
                      AddressSanitizer, see .ci/run)";
 
@@ -82,10 +83,19 @@ fn use_after_free() {
     println!("read {v:#x} from freed memory");
 }
 
+/// Loses the only pointer to a heap allocation. Not undefined behaviour, but LeakSanitizer
+/// (on by default with AddressSanitizer on Linux) must report "detected memory leaks" at exit,
+/// which shows the ASan runs would also catch a leak.
+fn leak() {
+    std::mem::forget(black_box(Box::new([0xA11C_E5ED_u64; 16])));
+    println!("leaked 128 bytes");
+}
+
 fn main() -> ExitCode {
     match std::env::args().nth(1).as_deref() {
         Some("race") => race(),
         Some("use-after-free") => use_after_free(),
+        Some("leak") => leak(),
         None => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -99,7 +109,7 @@ fn main() -> ExitCode {
     // without halting). Fail either way: the bug is never a success.
     eprintln!(
         "sanitizer_control: the planted bug ran to completion; unless a sanitizer report \
-         precedes this line, it was NOT caught"
+         precedes this line (or, for the leak, follows it at exit), it was NOT caught"
     );
     ExitCode::FAILURE
 }
