@@ -12,3 +12,54 @@ const BACKING_OUT_READERS: usize = 2;
 const RECLOSE_WHILE_DRAINING: bool = true;
 
 mod scenarios;
+
+/// The single word's one exception to "a drain waits only for guards taken before its close"
+/// (docs/design.md §2a, and `drain`'s docs): a late drain that finds a *later* irreversible
+/// drain in effect cannot tell it from its own and may wait for that drain's guards too. This
+/// checks the bound that remains: it returns no later than that later drain (loom reports a
+/// deadlock otherwise), and never before its own close has drained.
+#[test]
+fn a_late_drain_returns_no_later_than_a_later_drain() {
+    use drainable_loom_tests::atomic::{AtomicBool, Ordering};
+    use drainable_loom_tests::{model, spawn_with, thread, Cell};
+    use std::sync::Arc;
+
+    model(|| {
+        let cell = Arc::new(Cell::new(0u32));
+        let d = Arc::new(Drainable::new(Arc::clone(&cell)));
+        let first = d.try_acquire_owned().expect("open");
+        let first_dropped = Arc::new(AtomicBool::new(false));
+        let late = {
+            let (d, first_dropped) = (Arc::clone(&d), Arc::clone(&first_dropped));
+            thread::spawn(move || {
+                d.drain();
+                assert!(
+                    first_dropped.load(Ordering::SeqCst),
+                    "a drain returned before the guard taken before its close was dropped"
+                );
+            })
+        };
+        // The late drain's close comes first.
+        while d.is_open() {
+            thread::yield_now();
+        }
+        first.set(1);
+        first_dropped.store(true, Ordering::SeqCst);
+        drop(first);
+        d.drain();
+        assert!(d.reopen());
+        let second = d.try_acquire_owned().expect("reopened");
+        let holder = spawn_with(second, |second| {
+            second.set(2);
+            drop(second);
+        });
+        d.drain();
+        assert_eq!(
+            cell.get(),
+            2,
+            "the later drain returned before its guard's write"
+        );
+        holder.join().unwrap();
+        late.join().unwrap();
+    });
+}
