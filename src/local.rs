@@ -238,7 +238,7 @@ pub(crate) fn wait_released(
     }
     // After this, every acquirer that read the word open before the close has its entry
     // visible to the scan (and every later one sees the close and backs out).
-    heavy_barrier();
+    heavy_barrier(deadline)?;
     for record in records() {
         if record.holds(id) == 0 {
             continue;
@@ -272,9 +272,14 @@ fn wait_record(
     // A releaser that clears an entry after this barrier sees `waiters` and wakes us; one
     // that cleared it before is seen by the loads below. Also orders the `waiters` increment
     // before the word load, against `wake_waiters` (a reopen).
-    heavy_barrier();
+    let barrier = heavy_barrier(deadline);
     let mut spins = sync::SPIN_LIMIT;
     let outcome = loop {
+        if barrier.is_err() {
+            // The deadline passed inside the barrier (the signal barrier, waiting for a
+            // thread): a timeout like any other.
+            break Err(());
+        }
         // Acquire: pairs with the bump in `wake` (the entry cleared before it).
         let seq = record.seq.load(Ordering::Acquire);
         // Acquire: a drain finished by another waiter, or a reopen, is seen with what led to it.
@@ -337,13 +342,20 @@ fn light_barrier() {
 }
 
 /// `membarrier`, or the signal barrier once `membarrier` is refused (see the module docs).
-/// Panics, saying why, only when neither can be made (`signal_barrier.rs`).
-fn heavy_barrier() {
+/// `Err` only if `deadline` passed while the signal barrier waited for a thread (the barrier
+/// is then incomplete: the caller times out). Panics, saying why, only when neither barrier
+/// can be made (`signal_barrier.rs`).
+fn heavy_barrier(deadline: Option<Instant>) -> Result<(), ()> {
     // The language-level half: pairs with the `SeqCst` fence of `wake_waiters` (and costs
     // nothing next to the system call).
     sync::fence(Ordering::SeqCst);
     #[cfg(not(any(miri, drainable_loom)))]
-    membarrier::expedited();
+    return membarrier::expedited(deadline);
+    #[cfg(any(miri, drainable_loom))]
+    {
+        let _ = deadline;
+        Ok(())
+    }
 }
 
 /// Whether records are handed out at all (decided once per process, on first call: a
@@ -597,17 +609,17 @@ pub(crate) mod membarrier {
                 && call(CMD_REGISTER_PRIVATE_EXPEDITED) == 0
         }
 
-        pub(super) fn expedited() {
+        pub(super) fn expedited(deadline: Option<std::time::Instant>) -> Result<(), ()> {
             if !signal_barrier::active() {
                 if call(CMD_PRIVATE_EXPEDITED) == 0 {
-                    return;
+                    return Ok(());
                 }
                 // Refused after registration (it has no EINTR): a seccomp filter installed
                 // since, as sandboxes do. Records are out, so a barrier is still needed: from
                 // now on, for good, every heavy barrier signals the records' owners instead.
                 signal_barrier::activate();
             }
-            signal_barrier::barrier();
+            signal_barrier::barrier(deadline)
         }
     }
 
@@ -616,7 +628,9 @@ pub(crate) mod membarrier {
         pub(super) fn register() -> bool {
             false
         }
-        pub(super) fn expedited() {}
+        pub(super) fn expedited(_deadline: Option<std::time::Instant>) -> Result<(), ()> {
+            Ok(())
+        }
     }
 
     static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -628,9 +642,11 @@ pub(crate) mod membarrier {
         *REGISTERED.get_or_init(sys::register)
     }
 
-    pub(super) fn expedited() {
+    pub(super) fn expedited(deadline: Option<std::time::Instant>) -> Result<(), ()> {
         if registered() {
-            sys::expedited();
+            sys::expedited(deadline)
+        } else {
+            Ok(())
         }
     }
 }

@@ -82,8 +82,10 @@
 //! - A thread that owns a record and blocks the signal holds every drain up until it
 //!   unblocks it or exits: there is no sound way around it. After a second the drain says so
 //!   on stderr (naming the thread and the signal, from `/proc`), once, and waits on. So does a
-//!   stopped thread, or one in an uninterruptible sleep. A timed drain can overrun its
-//!   deadline while it waits here.
+//!   stopped thread, or one in an uninterruptible sleep. A timed drain gives up at its
+//!   deadline here as anywhere (its close is then undone or kept, as for any timeout).
+//! - If the application installs a handler of its own on the signal later, no thread
+//!   acknowledges any more: the barrier notices within `CHECK_EVERY` and panics, saying so.
 //! - If the handler cannot be installed (no free real-time signal, `sigaction` refused) or
 //!   `tgkill` is refused, there is no sound barrier at all, and the barrier panics with a
 //!   message that says why.
@@ -282,9 +284,11 @@ mod linux {
     /// other than the caller, has passed a full fence after the caller's earlier accesses
     /// (or is gone). The caller has run a `SeqCst` fence after its close.
     ///
-    /// Panics, with a message that says why, when no signal barrier can be made (see the
-    /// module docs); nothing is changed before that.
-    pub(crate) fn barrier() {
+    /// `Err` if `deadline` passes first (a timed drain then times out; the requests already
+    /// made are harmless: a late acknowledgement satisfies nobody else's). Panics, with a
+    /// message that says why, when no signal barrier can be made (see the module docs);
+    /// nothing is changed before that.
+    pub(crate) fn barrier(deadline: Option<Instant>) -> Result<(), ()> {
         let me = gettid();
         let mut targets = Vec::new();
         each_record(|handshake, in_use| {
@@ -304,7 +308,7 @@ mod linux {
         });
         if targets.is_empty() {
             // No other thread can be between an entry store and its load of the word.
-            return;
+            return Ok(());
         }
         let signal = match signal() {
             Ok(signal) => signal,
@@ -323,11 +327,12 @@ mod linux {
         }
         // All signals are out before the first wait: the handlers run in parallel.
         for t in &mut targets {
-            t.wait(signal);
+            t.wait(signal, deadline)?;
         }
         // SeqCst: a thread found gone was found so by a system call, not by a load: this
         // orders that answer before the caller's scan (and pairs with nothing else).
         sync::fence(Ordering::SeqCst);
+        Ok(())
     }
 
     /// One thread a barrier waits for.
@@ -373,18 +378,22 @@ mod linux {
                 || self.handshake.word.load(Ordering::Acquire) != self.word
         }
 
-        fn wait(&mut self, signal: libc::c_int) {
+        /// Waits until the thread acknowledged (or is gone); `Err` once `deadline` passed.
+        fn wait(&mut self, signal: libc::c_int, deadline: Option<Instant>) -> Result<(), ()> {
             let start = Instant::now();
             let mut check_at = start + CHECK_EVERY;
             let mut spins = sync::SPIN_LIMIT;
             let mut reported = false;
             loop {
                 if self.done() {
-                    return;
+                    return Ok(());
                 }
                 if self.state == Sent::Gone {
                     self.reap();
-                    return;
+                    return Ok(());
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(());
                 }
                 if spins > 0 {
                     spins -= 1;
@@ -398,7 +407,8 @@ mod linux {
                     // Relaxed: only the futex's expected value; `done` re-reads it.
                     let acks = self.handshake.acks.load(Ordering::Relaxed);
                     if !reached(acks, self.request) {
-                        sync::wait_until(&self.handshake.acks, acks, check_at);
+                        let until = deadline.map_or(check_at, |d| d.min(check_at));
+                        sync::wait_until(&self.handshake.acks, acks, until);
                     }
                 }
                 let now = Instant::now();
@@ -410,6 +420,15 @@ mod linux {
                     || status(self.tid).is_some_and(|s| s.state == b'Z' || s.state == b'X')
                 {
                     self.state = Sent::Gone;
+                } else if !ours(signal) {
+                    // The application installed its own handler on our signal since: it will
+                    // never acknowledge. No sound barrier is left (replacing the application's
+                    // handler is not ours to do).
+                    unavailable(&format!(
+                        "signal {signal}, which drainable's handler took, was given another \
+                         handler since; name a signal the application leaves alone with \
+                         DRAINABLE_SIGNAL"
+                    ));
                 } else if !reported && now - start >= REPORT_AFTER {
                     reported = true;
                     report(self.tid, signal, self.state, now - start);
@@ -471,13 +490,15 @@ mod linux {
                     .trim()
                     .parse::<libc::c_int>()
                     .ok()
+                    // Real-time signals, or the two user signals: a handler that returns on a
+                    // fault signal (SIGSEGV, SIGBUS, ...) would make a real fault loop forever.
                     .filter(|s| {
-                        (1..=highest).contains(s) && ![libc::SIGKILL, libc::SIGSTOP].contains(s)
+                        (lowest..=highest).contains(s) || [libc::SIGUSR1, libc::SIGUSR2].contains(s)
                     })
                     .ok_or_else(|| {
                         format!(
-                            "DRAINABLE_SIGNAL={value:?} is not a signal number from 1 to {highest} \
-                             (other than SIGKILL and SIGSTOP)"
+                            "DRAINABLE_SIGNAL={value:?} is not a real-time signal ({lowest} to \
+                             {highest}) or SIGUSR1 / SIGUSR2"
                         )
                     })?;
                 if take(signal)? {
@@ -526,6 +547,11 @@ mod linux {
             return Ok(false);
         }
         Ok(true)
+    }
+
+    /// Whether `signal` still runs drainable's handler.
+    fn ours(signal: libc::c_int) -> bool {
+        disposition(signal) == Some(handler as extern "C" fn(libc::c_int) as libc::sighandler_t)
     }
 
     /// The current handler of `signal` (`SIG_DFL`, `SIG_IGN` or an address).
@@ -653,11 +679,6 @@ mod linux {
             Some(s) if s.blocks(signal) => format!("which blocks signal {signal}"),
             Some(s) if s.state == b'T' || s.state == b't' => "which is stopped".to_owned(),
             Some(s) if s.state == b'D' => "which is in an uninterruptible sleep".to_owned(),
-            _ if disposition(signal)
-                != Some(handler as extern "C" fn(libc::c_int) as libc::sighandler_t) =>
-            {
-                format!("but signal {signal} no longer runs drainable's handler (it was replaced)")
-            }
             _ => "which has not run its signal handler yet".to_owned(),
         };
         eprintln!(
@@ -728,7 +749,7 @@ mod linux {
                 let h = handshake_of(tid).expect("the thread's record");
                 // Relaxed: a snapshot; barriers of other tests may bump it meanwhile.
                 let before = h.requests.load(Ordering::Relaxed);
-                barrier();
+                barrier(None).unwrap();
                 // This barrier's request was at least `before + 1`.
                 // Relaxed: the barrier returned; its own Acquire loads did the ordering.
                 let acks = h.acks.load(Ordering::Relaxed);
@@ -755,7 +776,7 @@ mod linux {
             });
             // The thread is gone, or still exiting: this barrier (or one of another test)
             // finds out and gives the record back.
-            barrier();
+            barrier(None).unwrap();
             assert_ne!(
                 (h.word.load(Ordering::Relaxed) & TID) as u32,
                 tid,

@@ -271,6 +271,16 @@ pub(crate) fn add_pending(word: &AtomicU32, token: u32) -> bool {
         }
         let closing = !is_closed(cur);
         let new = cur + PENDING_ONE + if closing { token } else { 0 };
+        // The field is about to reach the limit. By the invariant the table holds no close
+        // of this word now, so an entry found for this address is stale: it belonged to an
+        // earlier drainable here (or to this one before a move) whose spilled closes were
+        // leaked with `mem::forget` on their `PendingDrain`s. It goes before the field can
+        // reach the limit, under the lock that the spill path takes.
+        let _side = (pending(cur) == PENDING_SPILL - 1).then(|| {
+            let mut side = table::lock(address(word));
+            side.clear();
+            side
+        });
         // Acquire: as in `close_committed`.
         match word.compare_exchange_weak(cur, new, Ordering::Acquire, Ordering::Relaxed) {
             Ok(_) => return closing,

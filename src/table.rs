@@ -2,10 +2,14 @@
 //! one process-wide place and keyed by the word's address (as Linux keeps `wait_var_event`'s
 //! waiters in a table hashed by address, outside the object).
 //!
-//! An entry exists only while it holds something, and only while the drainable cannot move or
-//! be freed: every user of an entry borrows the drainable for as long as the entry is not
-//! empty (a live `PendingDrain`, a `drain_timeout` in flight). So an address names one
-//! drainable for an entry's whole life, and the table never holds stale entries.
+//! An entry exists only while it holds something, and while the closes it counts are live the
+//! drainable cannot move or be freed: each borrows it (a `PendingDrain`, a `drain_timeout` in
+//! flight). Only closes leaked with `mem::forget` on their `PendingDrain` outlive that borrow;
+//! their drainable stays closed for good (as a leaked guard keeps it from draining), and if it
+//! is then dropped or moved, its entry stays behind, stale. The next drainable to use that
+//! address removes it as its pending field climbs to the limit, before any close of its own can
+//! be counted here (`state::add_pending`). So a stale entry is never taken for a live close,
+//! and stale entries are bounded by the leaked ones.
 //!
 //! Today an entry holds the reversible closes beyond what the word's pending field counts
 //! (`state::PENDING_SPILL`). The table is a fixed array of shards, each a mutex over a short
@@ -82,6 +86,12 @@ impl Locked {
             .iter_mut()
             .find(|(a, _)| *a == addr)
             .map(|(_, side)| side)
+    }
+
+    /// Removes the entry, if there is one.
+    pub(crate) fn clear(&mut self) {
+        let addr = self.addr;
+        self.entries.retain(|(a, _)| *a != addr);
     }
 
     /// The entry, made empty if there was none.

@@ -373,6 +373,42 @@ macro_rules! contract_tests {
                 assert!(d.try_acquire().is_some());
             }
 
+            /// Closes leaked with `mem::forget` beyond the word's field leave an entry in the
+            /// side table when their drainable goes; a new drainable at the same address must
+            /// not inherit it (it would count the stale closes as its own and never reopen).
+            #[test]
+            fn leaked_spilled_closes_do_not_haunt_the_next_drainable_at_that_address() {
+                let mut storage = std::mem::MaybeUninit::<D<()>>::uninit();
+                let place = storage.as_mut_ptr();
+                let n = crate::state::PENDING_SPILL as usize + 3;
+                // SAFETY: `place` is valid; each value is dropped before the next is written,
+                // and the last at the end; the forgotten PendingDrains never touch it again.
+                unsafe {
+                    place.write(new(()));
+                    for _ in 0..n {
+                        std::mem::forget((*place).prepare_drain());
+                    }
+                    std::ptr::drop_in_place(place);
+                    place.write(new(()));
+                    let later = &*place;
+                    let pending: Vec<_> = (0..n).map(|_| later.prepare_drain()).collect();
+                    drop(pending);
+                    assert!(later.is_open(), "a new drainable inherited leaked closes");
+                    for _ in 0..n {
+                        std::mem::forget(later.prepare_drain());
+                    }
+                    std::ptr::drop_in_place(place);
+                    place.write(new(()));
+                    let last = &*place;
+                    let commits: Vec<_> = (0..n).map(|_| last.prepare_drain()).collect();
+                    for p in commits {
+                        p.commit();
+                    }
+                    assert!(last.reopen(), "commits at the limit took a stale close");
+                    std::ptr::drop_in_place(place);
+                }
+            }
+
             #[test]
             #[cfg_attr(not(debug_assertions), ignore = "detection is a debug-build check")]
             #[should_panic(expected = "holds 1 Guard(s) of the same Drainable")]

@@ -95,6 +95,117 @@ fn a_thread_blocking_the_signal_is_reported() {
     println!("{MARKER}");
 }
 
+/// A timed drain keeps its deadline while the signal barrier waits for a thread that blocks
+/// the signal: it times out (the thread is told to unblock only after that, so a drain that
+/// ignored its deadline would wait forever and the child's watchdog would fail the test), and
+/// a drain after the thread unblocks completes.
+#[test]
+fn a_timed_drain_keeps_its_deadline_while_a_thread_blocks_the_signal() {
+    if !child::in_child() {
+        child::expect_child(
+            "a_timed_drain_keeps_its_deadline_while_a_thread_blocks_the_signal",
+            &[FORCE],
+            MARKER,
+        );
+        return;
+    }
+    child::setup(Duration::from_secs(60));
+    let d = PerCpuDrainable::new(());
+    let (blocked_tx, blocked_rx) = mpsc::channel();
+    let (unblock_tx, unblock_rx) = mpsc::channel::<()>();
+    thread::scope(|s| {
+        let d = &d;
+        s.spawn(move || {
+            drop(d.try_acquire().expect("open")); // this thread now owns a record
+            let set = rt_signals();
+            sigmask(libc::SIG_BLOCK, &set);
+            blocked_tx.send(()).unwrap();
+            let _ = unblock_rx.recv();
+            sigmask(libc::SIG_UNBLOCK, &set);
+        });
+        blocked_rx.recv().unwrap();
+        let timed = d.drain_timeout(Duration::from_millis(20));
+        if child::records_expected(true) {
+            assert!(
+                timed.is_err(),
+                "the barrier cannot have completed while the thread blocks the signal"
+            );
+            assert!(d.is_open(), "a timed-out drain_timeout reopens");
+            let p = d.prepare_drain();
+            let p = p
+                .commit_timeout(Duration::from_millis(20))
+                .expect_err("the same for commit_timeout");
+            drop(p);
+        }
+        unblock_tx.send(()).unwrap();
+        d.drain();
+        assert!(d.is_drained());
+    });
+    println!("{MARKER}");
+}
+
+/// An application that installs a handler of its own on the barrier's signal after the
+/// barrier took it: no thread acknowledges any more, and there is no sound barrier left. The
+/// drain must say so (a panic naming the signal and `DRAINABLE_SIGNAL`), not wait forever.
+#[test]
+fn a_replaced_signal_handler_is_a_clear_error_not_a_hang() {
+    if !child::in_child() {
+        child::expect_child(
+            "a_replaced_signal_handler_is_a_clear_error_not_a_hang",
+            &[FORCE],
+            MARKER,
+        );
+        return;
+    }
+    extern "C" fn applications_own(_: libc::c_int) {}
+    // No `child::setup` panic hook (the panic is expected), but its watchdog all the same.
+    thread::spawn(|| {
+        thread::sleep(Duration::from_secs(60));
+        eprintln!("child: a drain hangs after its signal handler was replaced; aborting");
+        std::process::abort();
+    });
+    let d = PerCpuDrainable::new(());
+    // Another thread that owns a record: it takes (and drops) a guard of its own drainable,
+    // then stays alive, so that every barrier has a thread to signal.
+    let other = PerCpuDrainable::new(());
+    thread::scope(|s| {
+        let other = &other;
+        let (held_tx, held_rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        s.spawn(move || {
+            drop(other.try_acquire().expect("open"));
+            held_tx.send(()).unwrap();
+            let _ = go_rx.recv();
+        });
+        held_rx.recv().unwrap();
+        d.drain(); // the first signal barrier installs the handler
+        assert!(d.reopen());
+        if child::records_expected(true) {
+            let taken = child::rt_signals_with_handlers();
+            assert_eq!(taken.len(), 1, "one signal taken: {taken:?}");
+            // SAFETY: installs a handler that does nothing, on the signal drainable took.
+            unsafe {
+                libc::signal(
+                    taken[0],
+                    applications_own as extern "C" fn(libc::c_int) as libc::sighandler_t,
+                )
+            };
+            let r = std::panic::catch_unwind(|| d.drain());
+            let message = r.expect_err("a drain with no sound barrier left must not return");
+            let message = message
+                .downcast_ref::<String>()
+                .cloned()
+                .unwrap_or_default();
+            assert!(
+                message.contains("was given another handler"),
+                "unclear panic: {message:?}"
+            );
+        }
+        go_tx.send(()).unwrap();
+    });
+    println!("{MARKER}");
+}
+
 /// A guard kept in a thread-local, and so dropped by a thread-local destructor that runs
 /// after the one that gives the thread's record back, while a drain waits for it: the record
 /// must stay reachable by the barrier until the thread is gone, and the drain must end.
