@@ -89,6 +89,9 @@
 //! - If the handler cannot be installed (no free real-time signal, `sigaction` refused) or
 //!   `tgkill` is refused, there is no sound barrier at all, and the barrier panics with a
 //!   message that says why.
+//! - A thread-group leader that called `pthread_exit` while holding an entry stays a zombie
+//!   that `tgkill` still finds; it is recognised as gone only through `/proc`. Where `/proc`
+//!   is not mounted, drains wait for such a thread as for one that blocks the signal.
 //! - Every thread that took a per-CPU guard may see a system call interrupted (`EINTR`)
 //!   where the kernel does not restart it, as with any signal.
 //!
