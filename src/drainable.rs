@@ -433,7 +433,8 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
     /// (wait for the guards), or [`undo`](PendingDrain::undo)es (reopen); dropping it undoes.
     ///
     /// Never waits for guards: a CAS loop on the control bits, contended only by other
-    /// control operations. Any number of `PendingDrain`s may be live at once (the word counts
+    /// control operations (a [`PerCpuDrainable`] also takes its short control lock to fold
+    /// its slots). Any number of `PendingDrain`s may be live at once (the word counts
     /// 15; more are counted in a process-wide side table, under a short lock): the drainable
     /// reopens only when the last one is undone and no irreversible drain is under way.
     ///
@@ -462,7 +463,9 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
     /// `true` if it reopened the drainable; in any other phase, or while a [`PendingDrain`] is
     /// still live, it changes nothing and returns `false`.
     ///
-    /// Lock-free. A successful reopen *releases* the word: what the caller did before it is
+    /// Never waits for guards: a CAS on the word for a [`Drainable`]; a
+    /// [`PerCpuDrainable`] also takes its short control lock to unfold its slots. A successful
+    /// reopen *releases* the word: what the caller did before it is
     /// visible to the guards taken after it.
     ///
     /// ```
