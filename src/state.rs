@@ -269,18 +269,26 @@ pub(crate) fn add_pending(word: &AtomicU32, token: u32) -> bool {
             }
             continue;
         }
+        // The field is about to reach the limit: that step is taken under the table's lock.
+        // Then (the field below the limit, under the lock) the table can hold no live close
+        // of this word: a spilled close needs the field at the limit, which nobody else can
+        // reach while we hold the lock. So an entry found for this address is stale: it
+        // belonged to an earlier drainable here (or to this one before a move) whose spilled
+        // closes were leaked with `mem::forget` on their `PendingDrain`s. It goes first.
+        let _side = if pending(cur) == PENDING_SPILL - 1 {
+            let mut side = table::lock(address(word));
+            // Relaxed: as above; the value decides only whether the step is still ours.
+            cur = word.load(Ordering::Relaxed);
+            if pending(cur) != PENDING_SPILL - 1 {
+                continue;
+            }
+            side.clear();
+            Some(side)
+        } else {
+            None
+        };
         let closing = !is_closed(cur);
         let new = cur + PENDING_ONE + if closing { token } else { 0 };
-        // The field is about to reach the limit. By the invariant the table holds no close
-        // of this word now, so an entry found for this address is stale: it belonged to an
-        // earlier drainable here (or to this one before a move) whose spilled closes were
-        // leaked with `mem::forget` on their `PendingDrain`s. It goes before the field can
-        // reach the limit, under the lock that the spill path takes.
-        let _side = (pending(cur) == PENDING_SPILL - 1).then(|| {
-            let mut side = table::lock(address(word));
-            side.clear();
-            side
-        });
         // Acquire: as in `close_committed`.
         match word.compare_exchange_weak(cur, new, Ordering::Acquire, Ordering::Relaxed) {
             Ok(_) => return closing,

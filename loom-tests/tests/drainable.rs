@@ -63,3 +63,41 @@ fn a_late_drain_returns_no_later_than_a_later_drain() {
         late.join().unwrap();
     });
 }
+
+/// Three threads race reversible closes across the pending field's limit (2 under loom), so
+/// that one steps the field up to the limit while another spills into the side table. The
+/// step to the limit clears stale table entries of the address; it must never clear a live
+/// spilled close (an earlier version did, when it decided from a value read before the lock):
+/// every close stays counted, the drainable stays closed while any is live, and nothing is
+/// left when all are given back. The per-CPU counter takes these steps under its control lock,
+/// one at a time, so this race is the single word's.
+#[test]
+fn closes_racing_across_the_limit_stay_counted() {
+    use drainable_loom_tests::{model, thread};
+    use std::sync::Arc;
+
+    model(|| {
+        let d = Arc::new(Drainable::new(()));
+        let first = d.prepare_drain();
+        let racers: Vec<_> = (0..2)
+            .map(|_| {
+                let d = Arc::clone(&d);
+                thread::spawn(move || {
+                    let p = d.prepare_drain();
+                    assert!(!d.is_open(), "open while a close is live");
+                    drop(p);
+                })
+            })
+            .collect();
+        let second = d.prepare_drain();
+        assert!(!d.is_open(), "open while a close is live");
+        drop(second);
+        for r in racers {
+            r.join().unwrap();
+        }
+        assert!(!d.is_open(), "open while the first close is live");
+        assert!(first.undo(), "the last give-back must reopen");
+        d.drain();
+        assert!(d.reopen(), "a close was left behind");
+    });
+}
