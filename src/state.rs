@@ -57,8 +57,13 @@
 //!   `PENDING_SPILL` takes the lock, and takes the close from the table if it holds any, else
 //!   from the field.
 //!
-//! Under the lock the field therefore cannot move away from `PENDING_SPILL`: every change
-//! from that value takes the lock. So the word stays closed while the table holds closes (the
+//! - Stepping the field up to `PENDING_SPILL` takes the lock too, and first removes any entry
+//!   the table still has for the address: with the field below the limit under the lock, no
+//!   live close can be there, so such an entry is stale (closes leaked with `mem::forget` on
+//!   their `PendingDrain`s, then the drainable dropped or moved; see `table.rs`).
+//!
+//! Under the lock the field therefore cannot move away from `PENDING_SPILL`, nor reach it:
+//! every change from or to that value takes the lock. So the word stays closed while the table holds closes (the
 //! field is non-zero), `reopen` refuses (it needs a zero field), and the last give-back is
 //! the one that reopens. Nothing else changes: a spilled close is as closed as any other, and
 //! no operation waits for the lock but one that adds or gives back a close at the limit.
