@@ -381,8 +381,9 @@ impl sealed::CounterImpl for PerCpu {
     }
 
     fn lock_control(&self) -> Option<MutexGuard<'_, ()>> {
-        // A panic under the lock (only the pending-overflow assertion) leaves nothing
-        // half-done: the assertion runs before any change.
+        // Nothing under the lock panics halfway through a change (the only panic left there
+        // is the signal barrier's "no sound barrier", which changes nothing before it), so a
+        // poisoned lock guards consistent state.
         Some(
             self.control
                 .lock()

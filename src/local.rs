@@ -269,6 +269,16 @@ fn wait_record(
 ) -> Result<Waited, ()> {
     // Relaxed: ordered by the heavy barrier that follows.
     record.waiters.fetch_add(1, Ordering::Relaxed);
+    // Taken down however this wait ends, a panic of the barrier included: left up, it would
+    // make every release on the record pay a futex wake.
+    struct Waiting<'a>(&'a AtomicU32);
+    impl Drop for Waiting<'_> {
+        fn drop(&mut self) {
+            // Relaxed: a stale non-zero only costs a releaser one needless wake.
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    let _waiting = Waiting(&record.waiters);
     // A releaser that clears an entry after this barrier sees `waiters` and wakes us; one
     // that cleared it before is seen by the loads below. Also orders the `waiters` increment
     // before the word load, against `wake_waiters` (a reopen).
@@ -307,8 +317,6 @@ fn wait_record(
             }
         }
     };
-    // Relaxed: a stale non-zero only costs a releaser one needless wake.
-    record.waiters.fetch_sub(1, Ordering::Relaxed);
     outcome
 }
 

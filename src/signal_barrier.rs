@@ -84,8 +84,12 @@
 //!   on stderr (naming the thread and the signal, from `/proc`), once, and waits on. So does a
 //!   stopped thread, or one in an uninterruptible sleep. A timed drain gives up at its
 //!   deadline here as anywhere (its close is then undone or kept, as for any timeout).
-//! - If the application installs a handler of its own on the signal later, no thread
-//!   acknowledges any more: the barrier notices within `CHECK_EVERY` and panics, saying so.
+//! - If the application installs a handler of its own on the signal later, and that handler
+//!   does not chain to drainable's, no thread acknowledges any more: a barrier that waited a
+//!   second for a thread that does not block the signal, and found the handler replaced,
+//!   panics, saying so.
+//! - A timed drain keeps its deadline here, but gives the handlers at least `CHECK_EVERY`
+//!   (10 ms) to run, so that a deadline already past does not fail every time.
 //! - If the handler cannot be installed (no free real-time signal, `sigaction` refused) or
 //!   `tgkill` is refused, there is no sound barrier at all, and the barrier panics with a
 //!   message that says why.
@@ -328,6 +332,9 @@ mod linux {
                 .wrapping_add(1);
             t.send(signal);
         }
+        // A deadline already past (a timed drain of zero) still gives the handlers a moment
+        // to run: a barrier that never waited for one would time out every time.
+        let deadline = deadline.map(|d| d.max(Instant::now() + CHECK_EVERY));
         // All signals are out before the first wait: the handlers run in parallel.
         for t in &mut targets {
             t.wait(signal, deadline)?;
@@ -423,10 +430,18 @@ mod linux {
                     || status(self.tid).is_some_and(|s| s.state == b'Z' || s.state == b'X')
                 {
                     self.state = Sent::Gone;
-                } else if !ours(signal) {
-                    // The application installed its own handler on our signal since: it will
-                    // never acknowledge. No sound barrier is left (replacing the application's
-                    // handler is not ours to do).
+                } else if now - start >= REPORT_AFTER
+                    && !ours(signal)
+                    && status(self.tid).is_some_and(|s| {
+                        !s.blocks(signal) && !matches!(s.state, b'T' | b't' | b'D')
+                    })
+                {
+                    // The application installed its own handler on our signal since, the
+                    // thread is free to run it, and for a second it has not acknowledged: the
+                    // handler does not chain to ours, and never will. No sound barrier is left
+                    // (replacing the application's handler is not ours to do). A handler that
+                    // chains to ours acknowledges, and a thread that blocks the signal for a
+                    // while is waited for, as always.
                     unavailable(&format!(
                         "signal {signal}, which drainable's handler took, was given another \
                          handler since; name a signal the application leaves alone with \

@@ -66,7 +66,7 @@
 //! every change from or to that value takes the lock. So the word stays closed while the table holds closes (the
 //! field is non-zero), `reopen` refuses (it needs a zero field), and the last give-back is
 //! the one that reopens. Nothing else changes: a spilled close is as closed as any other, and
-//! no operation waits for the lock but one that adds or gives back a close at the limit.
+//! no operation waits for the lock but one that adds or gives back a close at (or steps up to) the limit.
 use crate::sync::{self, AtomicU32, Ordering};
 use crate::table;
 use std::time::Instant;
@@ -259,7 +259,7 @@ pub(crate) fn close_committed(word: &AtomicU32, token: u32) -> bool {
 
 /// Adds one reversible close. If this closed an open word, also adds `token` to the count field
 /// and returns `true` (the caller runs the counter's close pass). Never waits but for the side
-/// table's lock, and that only with [`PENDING_SPILL`] closes live.
+/// table's lock, and that only at the limit: with `PENDING_SPILL - 1` or more closes live.
 pub(crate) fn add_pending(word: &AtomicU32, token: u32) -> bool {
     let mut cur = word.load(Ordering::Relaxed);
     loop {

@@ -56,7 +56,9 @@ fn shard(addr: usize) -> &'static Mutex<Entries> {
 
 /// The shard of an address: a multiplicative hash of the address above its alignment bits.
 fn index(addr: usize) -> usize {
-    ((addr >> 2).wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as usize) >> 32) % SHARDS
+    // Fibonacci hashing; the top bits of the product are the well-mixed ones.
+    let product = (addr as u64 >> 2).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (product >> 32) as usize % SHARDS
 }
 
 /// The locked shard of one drainable, with access to its entry. Removes the entry when it is

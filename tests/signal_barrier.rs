@@ -206,6 +206,109 @@ fn a_replaced_signal_handler_is_a_clear_error_not_a_hang() {
     println!("{MARKER}");
 }
 
+/// A timed drain with a deadline already past still gives the signal handlers a moment: with
+/// another thread owning a record (idle, not blocking anything) and no guard anywhere,
+/// `drain_timeout(Duration::ZERO)` succeeds. (It failed every time when the deadline was
+/// checked before any handler could run.)
+#[test]
+fn a_zero_timeout_drain_succeeds_under_the_signal_barrier() {
+    if !child::in_child() {
+        child::expect_child(
+            "a_zero_timeout_drain_succeeds_under_the_signal_barrier",
+            &[FORCE],
+            MARKER,
+        );
+        return;
+    }
+    child::setup(Duration::from_secs(60));
+    let d = PerCpuDrainable::new(());
+    let (held_tx, held_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    thread::scope(|s| {
+        let d = &d;
+        s.spawn(move || {
+            drop(d.try_acquire().expect("open")); // this thread now owns a record
+            held_tx.send(()).unwrap();
+            let _ = done_rx.recv();
+        });
+        held_rx.recv().unwrap();
+        for _ in 0..20 {
+            assert_eq!(d.drain_timeout(Duration::ZERO), Ok(()), "no guard exists");
+            assert!(d.reopen());
+        }
+        done_tx.send(()).unwrap();
+    });
+    println!("{MARKER}");
+}
+
+/// An application handler installed later that *chains* to drainable's keeps the barrier
+/// working, and a thread that blocks the signal for a moment is waited for: neither is taken
+/// for a replaced handler (which would panic).
+#[test]
+fn a_chaining_application_handler_keeps_the_barrier() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    static PREVIOUS: AtomicUsize = AtomicUsize::new(0);
+    extern "C" fn chaining(signal: libc::c_int) {
+        let previous = PREVIOUS.load(SeqCst);
+        if previous > 1 {
+            // SAFETY: `previous` is the handler drainable installed (a plain `extern "C"
+            // fn(c_int)`, installed without SA_SIGINFO), read back by `sigaction`.
+            let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(previous) };
+            f(signal);
+        }
+    }
+    if !child::in_child() {
+        child::expect_child(
+            "a_chaining_application_handler_keeps_the_barrier",
+            &[FORCE],
+            MARKER,
+        );
+        return;
+    }
+    child::setup(Duration::from_secs(60));
+    let d = PerCpuDrainable::new(());
+    let (held_tx, held_rx) = mpsc::channel();
+    let (block_tx, block_rx) = mpsc::channel::<()>();
+    let (blocked_tx, blocked_rx) = mpsc::channel::<()>();
+    thread::scope(|s| {
+        let d = &d;
+        s.spawn(move || {
+            drop(d.try_acquire().expect("open")); // this thread now owns a record
+            held_tx.send(()).unwrap();
+            let _ = block_rx.recv();
+            let set = rt_signals();
+            sigmask(libc::SIG_BLOCK, &set);
+            blocked_tx.send(()).unwrap();
+            thread::sleep(Duration::from_millis(1200));
+            sigmask(libc::SIG_UNBLOCK, &set);
+        });
+        held_rx.recv().unwrap();
+        d.drain(); // installs drainable's handler
+        assert!(d.reopen());
+        if child::records_expected(true) {
+            let taken = child::rt_signals_with_handlers();
+            assert_eq!(taken.len(), 1, "one signal taken: {taken:?}");
+            // SAFETY: a query and an install of a handler that chains to the previous one.
+            unsafe {
+                let mut old: libc::sigaction = std::mem::zeroed();
+                libc::sigaction(taken[0], std::ptr::null(), &mut old);
+                PREVIOUS.store(old.sa_sigaction, SeqCst);
+                libc::signal(
+                    taken[0],
+                    chaining as extern "C" fn(libc::c_int) as libc::sighandler_t,
+                );
+            }
+            d.drain(); // through the chaining handler
+            assert!(d.reopen());
+        }
+        block_tx.send(()).unwrap();
+        blocked_rx.recv().unwrap();
+        d.drain(); // waits for the thread to unblock, without a panic
+        assert!(d.is_drained());
+    });
+    println!("{MARKER}");
+}
+
 /// A guard kept in a thread-local, and so dropped by a thread-local destructor that runs
 /// after the one that gives the thread's record back, while a drain waits for it: the record
 /// must stay reachable by the barrier until the thread is gone, and the drain must end.
