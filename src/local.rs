@@ -284,7 +284,7 @@ fn wait_record(
     // before the word load, against `wake_waiters` (a reopen).
     let barrier = heavy_barrier(deadline);
     let mut spins = sync::SPIN_LIMIT;
-    let outcome = loop {
+    loop {
         if barrier.is_err() {
             // The deadline passed inside the barrier (the signal barrier, waiting for a
             // thread): a timeout like any other.
@@ -316,8 +316,7 @@ fn wait_record(
                 }
             }
         }
-    };
-    outcome
+    }
 }
 
 /// Wakes every drainer waiting on a record, so that it re-reads the lifecycle word. Called

@@ -63,10 +63,11 @@
 //!   their `PendingDrain`s, then the drainable dropped or moved; see `table.rs`).
 //!
 //! Under the lock the field therefore cannot move away from `PENDING_SPILL`, nor reach it:
-//! every change from or to that value takes the lock. So the word stays closed while the table holds closes (the
-//! field is non-zero), `reopen` refuses (it needs a zero field), and the last give-back is
-//! the one that reopens. Nothing else changes: a spilled close is as closed as any other, and
-//! no operation waits for the lock but one that adds or gives back a close at (or steps up to) the limit.
+//! every change from or to that value takes the lock. So the word stays closed while the
+//! table holds closes (the field is non-zero), `reopen` refuses (it needs a zero field), and
+//! the last give-back is the one that reopens. Nothing else changes: a spilled close is as
+//! closed as any other, and no operation waits for the lock but one that adds or gives back a
+//! close at the limit, or steps the field up to it.
 use crate::sync::{self, AtomicU32, Ordering};
 use crate::table;
 use std::time::Instant;
