@@ -98,6 +98,11 @@
 //!   is not mounted, drains wait for such a thread as for one that blocks the signal.
 //! - Every thread that took a per-CPU guard may see a system call interrupted (`EINTR`)
 //!   where the kernel does not restart it, as with any signal.
+//! - Under ThreadSanitizer a signal handler runs only when the thread next enters a libc
+//!   function TSan intercepts: a thread asleep in a raw `futex` system call (as `std`'s
+//!   channels and locks are) does not run it until something else wakes it, and a drain waits
+//!   for it that long (the deferral: <https://github.com/llvm/llvm-project/issues/83561>,
+//!   <https://github.com/google/sanitizers/issues/838>).
 //!
 //! # Testing aid
 //!
@@ -755,13 +760,19 @@ mod linux {
             }
             let d = PerCpuDrainable::new(());
             let (tid_tx, tid_rx) = mpsc::channel();
-            let (done_tx, done_rx) = mpsc::channel::<()>();
-            let d = &d;
+            let done = AtomicBool::new(false);
+            let (d, done) = (&d, &done);
             thread::scope(|s| {
                 s.spawn(move || {
                     drop(d.try_acquire().unwrap()); // claims a record
                     tid_tx.send(gettid()).unwrap();
-                    let _ = done_rx.recv(); // asleep in a futex: the signal wakes it
+                    // Asleep in a system call, where the handler interrupts it. A sleep, not
+                    // a futex: ThreadSanitizer runs a handler only inside a libc call it
+                    // intercepts (see the module docs), and `nanosleep` is one.
+                    // Relaxed: only a stop flag.
+                    while !done.load(Ordering::Relaxed) {
+                        thread::sleep(Duration::from_millis(1));
+                    }
                 });
                 let tid = tid_rx.recv().unwrap();
                 let h = handshake_of(tid).expect("the thread's record");
@@ -772,7 +783,7 @@ mod linux {
                 // Relaxed: the barrier returned; its own Acquire loads did the ordering.
                 let acks = h.acks.load(Ordering::Relaxed);
                 assert!(reached(acks, before.wrapping_add(1)), "not acknowledged");
-                done_tx.send(()).unwrap();
+                done.store(true, Ordering::Relaxed);
             });
         }
 
