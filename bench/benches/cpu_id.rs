@@ -2,7 +2,7 @@
 //! (`PerCpu` uses rseq where glibc registered it, else the per-thread index).
 //!
 //! ```text
-//! cargo bench --bench cpu_id
+//! cargo bench --manifest-path bench/Cargo.toml --bench cpu_id
 //! ```
 
 use criterion::{criterion_group, criterion_main, Criterion};

@@ -4,8 +4,8 @@
 //! baselines return before the old value is freed; `replace` returns it, no reader left.
 //!
 //! ```text
-//! cargo bench --bench grace            # full run (about a minute)
-//! cargo bench --bench grace -- --quick # smoke run
+//! cargo bench --manifest-path bench/Cargo.toml --bench grace            # full run (about a minute)
+//! cargo bench --manifest-path bench/Cargo.toml --bench grace -- --quick # smoke run
 //! ```
 
 use arc_swap::ArcSwap;

@@ -22,11 +22,11 @@
 //! # Running
 //!
 //! ```text
-//! cargo bench --bench callback                    # full run, ~40 s after the build
-//! cargo bench --bench callback -- drainable/1     # a filter, as usual with criterion
-//! cargo bench --bench callback -- --quick         # CI smoke run: a few seconds
-//! DRAINABLE_BENCH_QUICK=1 cargo bench --bench callback   # the same, via the environment
-//! cargo test --bench callback                     # run every case once, no timing
+//! cargo bench --manifest-path bench/Cargo.toml --bench callback                    # full run, ~40 s after the build
+//! cargo bench --manifest-path bench/Cargo.toml --bench callback -- drainable/1     # a filter, as usual with criterion
+//! cargo bench --manifest-path bench/Cargo.toml --bench callback -- --quick         # CI smoke run: a few seconds
+//! DRAINABLE_BENCH_QUICK=1 cargo bench --manifest-path bench/Cargo.toml --bench callback   # the same, via the environment
+//! cargo test --manifest-path bench/Cargo.toml --bench callback                     # run every case once, no timing
 //! ```
 //!
 //! `--quick` is criterion's own quick mode (stops each case once its estimate is stable); this

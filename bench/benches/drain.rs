@@ -1,8 +1,8 @@
 //! Drain latency, and the cost of a reversible close.
 //!
 //! ```text
-//! cargo bench --bench drain            # full run (about a minute)
-//! cargo bench --bench drain -- --quick # smoke run
+//! cargo bench --manifest-path bench/Cargo.toml --bench drain            # full run (about a minute)
+//! cargo bench --manifest-path bench/Cargo.toml --bench drain -- --quick # smoke run
 //! ```
 //!
 //! - `idle`: `drain()` on an open drainable with no guard (then `reopen`, not timed).
