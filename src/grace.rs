@@ -867,7 +867,7 @@ mod tests {
     use std::sync::mpsc;
     use std::thread;
 
-    use crate::tests::iters;
+    use crate::test_support::iters;
 
     /// A thread inside a read section of `d` until the returned sender is used or dropped.
     fn reader_inside<'s>(s: &'s thread::Scope<'s, '_>, d: &'s GraceDomain) -> mpsc::Sender<()> {

@@ -1275,7 +1275,7 @@ mod tests {
     use std::sync::{mpsc, Arc};
     use std::thread;
 
-    use crate::tests::iters;
+    use crate::test_support::iters;
 
     #[test]
     fn locate_matches_chunk_layout() {

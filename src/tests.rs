@@ -1,19 +1,12 @@
-//! Unit tests of the public types, run natively and under Miri.
+//! Unit tests of the public types, run natively and under Miri. Tests only: helpers shared
+//! with other modules' tests are in `test_support.rs`.
 
+use crate::test_support::iters;
 use crate::*;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::{self, Scope};
 use std::time::Duration;
-
-/// Iteration counts shrink under Miri, which interprets every instruction.
-pub(crate) const fn iters(native: usize, miri: usize) -> usize {
-    if cfg!(miri) {
-        miri
-    } else {
-        native
-    }
-}
 
 /// Spawns a thread that takes a guard of `d`, and returns once it holds it. The thread drops
 /// the guard when the returned sender is used or dropped.
