@@ -323,7 +323,7 @@ impl<T, C: Counter> Registry<T, C> {
             (registry, index)
         };
         let slot = self.slot(index);
-        slot.value.with_mut(|p| {
+        slot.value_unguarded().with_mut(|p| {
             // SAFETY: the slot is drained (free slots always are) and this thread took it off
             // the free list (or past the high-water mark) under the lock, so it is the only
             // thread that writes the slot, no guard exists, and none can be taken before the
@@ -681,7 +681,7 @@ impl<T, C: Counter> Registry<T, C> {
     fn take_drained(&self, index: usize) -> T {
         let slot = self.slot(index);
         debug_assert!(slot.is_drained());
-        let value = slot.value.with_mut(|p| {
+        let value = slot.value_unguarded().with_mut(|p| {
             // SAFETY: the slot is drained: no guard exists, every read under one
             // happened-before the drain returned, and none can be taken until a `reopen`,
             // which only `register` does, after it takes the slot off the free list, which we

@@ -521,8 +521,8 @@ macro_rules! contract_tests {
                     // SAFETY: `d` is live until the Box::from_raw below.
                     unsafe { &*d }.drain();
                     // SAFETY: drained: no guard exists and none can be taken; readers never touch it again.
-                    let b = unsafe { Box::from_raw(d) };
-                    b.value.canary.store(POISON, Ordering::Relaxed);
+                    let mut b = unsafe { Box::from_raw(d) };
+                    b.get_mut().canary.store(POISON, Ordering::Relaxed);
                     drop(b);
                     for r in readers {
                         r.join().unwrap();
