@@ -5,10 +5,10 @@
 //! # Design
 //!
 //! Entries live in *slots*, each a [`DrainableWith`] around a cell holding `Option<T>`. Slots
-//! sit in an append-only list of chunks (chunk `k` holds `8 << k` slots) that are published
-//! once with a `Release` store and freed only when the registry is dropped, so a caller can
-//! walk them with no lock and no grace period: there is never memory it could still be reading
-//! that someone frees.
+//! sit in an append-only list of chunks (`storage.rs`; chunk `k` holds `8 << k` slots) that
+//! are published once with a `Release` store and freed only when the registry is dropped, so a
+//! caller can walk them with no lock and no grace period: there is never memory it could still
+//! be reading that someone frees.
 //!
 //! A slot's drainable doubles as the ownership protocol for its value:
 //!
@@ -25,54 +25,38 @@
 //!
 //! The registry's lock orders registrations and removals among themselves; callers never take
 //! it.
+//!
+//! # Files
+//!
+//! - `mod.rs`: [`Registry`] itself, and the slot protocol above.
+//! - `storage.rs`: the slots' segmented vector (chunks, growth, freeing, walking).
+//! - `handle.rs`: [`Registration`] and [`PendingRemoval`], the handles that remove an entry.
+//! - `iter.rs`: [`RegistryIter`] and [`EntryGuard`], the callers' side.
+//! - `error.rs`: [`UnregisterTimeoutError`].
+//! - `tests.rs`: the unit tests.
+
+mod error;
+mod handle;
+mod iter;
+mod storage;
+#[cfg(all(test, not(drainable_loom)))]
+mod tests;
+
+pub use error::UnregisterTimeoutError;
+pub use handle::{PendingRemoval, Registration};
+pub use iter::{EntryGuard, RegistryIter};
 
 use crate::counter::{Counter, PerCpu, Shared};
-use crate::drainable::{DrainTimeoutError, DrainableWith, Guard, PendingDrain};
-use crate::sync::{self, AtomicPtr, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
-use std::error::Error;
+use crate::drainable::DrainableWith;
+use crate::sync::{self, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
 use std::fmt;
 use std::marker::PhantomData;
-use std::ops::Deref;
 use std::ptr;
 use std::time::Duration;
+use storage::{Storage, Tail};
 
 /// One entry's storage: a drainable whose guards are the calls in flight, around the value.
 type Slot<T, C> = DrainableWith<sync::UnsafeCell<Option<T>>, C>;
-
-/// log2 of the number of slots in chunk 0. Under loom the chunks start at one slot, so that a
-/// model grows the list (and publishes a chunk) with its second registration.
-const BASE_SHIFT: u32 = if cfg!(drainable_loom) { 0 } else { 3 };
-/// Slots in chunk 0; chunk `k` holds `BASE << k`.
-const BASE: usize = 1 << BASE_SHIFT;
-/// Chunks a registry can have: 32 (about 34 billion slots) on 64-bit targets, fewer where the
-/// slot index would overflow `usize` (the allocation fails long before), and 4 under loom.
-const MAX_CHUNKS: usize = {
-    let fits = (usize::BITS - BASE_SHIFT - 1) as usize;
-    let want = if cfg!(drainable_loom) { 4 } else { 32 };
-    if fits < want {
-        fits
-    } else {
-        want
-    }
-};
-
-/// Slots in chunk `k`.
-const fn chunk_len(k: usize) -> usize {
-    BASE << k
-}
-
-/// Slots in the first `chunks` chunks.
-const fn capacity(chunks: usize) -> usize {
-    (BASE << chunks) - BASE
-}
-
-/// The chunk and the position in it of slot `index`. Chunk `k` holds the indices from
-/// `capacity(k)` up to `capacity(k + 1)`, i.e. `index + BASE` in `[BASE << k, BASE << (k + 1))`.
-const fn locate(index: usize) -> (usize, usize) {
-    let n = index + BASE;
-    let k = (usize::BITS - 1 - n.leading_zeros() - BASE_SHIFT) as usize;
-    (k, n - chunk_len(k))
-}
 
 /// A set of callbacks (or any values) that many threads call lock-free, and whose removal
 /// blocks until no call into the removed entry is in flight.
@@ -162,12 +146,9 @@ const fn locate(index: usize) -> (usize, usize) {
 /// });
 /// ```
 pub struct Registry<T, C: Counter = Shared> {
-    /// Chunk `k` (`chunk_len(k)` slots), or null until it is allocated. Written once, under the
-    /// lock, and freed only by `Drop`.
-    chunks: [AtomicPtr<Slot<T, C>>; MAX_CHUNKS],
-    /// The slots ever handed out (`Control::next`), published for callers: they walk no
-    /// further. Every chunk below it is published before it is raised.
-    high: AtomicUsize,
+    /// The slots, in chunks that are never moved or freed before the registry, and how far
+    /// callers may walk them (see `storage.rs`). Appended to under the lock.
+    storage: Storage<Slot<T, C>>,
     /// Registered values, removals in progress included (a snapshot for `len`).
     len: AtomicUsize,
     /// This registry's identity in its registrations; 0 until the first registration (so that
@@ -182,10 +163,8 @@ pub struct Registry<T, C: Counter = Shared> {
 struct Control {
     /// Slots taken out of service by a finished removal, to reuse (last in, first out).
     free: Vec<usize>,
-    /// Slots ever handed out; the next new slot's index.
-    next: usize,
-    /// Chunks allocated.
-    chunks: usize,
+    /// The storage's appending side: the slots handed out and the chunks allocated.
+    tail: Tail,
 }
 
 // SAFETY: a registry owns its values, so sending it sends them (`T: Send`). Nothing else in it
@@ -238,22 +217,6 @@ impl<T> Registry<T, Shared> {
 }
 
 impl<T, C: Counter> Registry<T, C> {
-    /// An empty chunk pointer, to initialise the table in a `const fn` (an array repeat needs
-    /// a constant for a non-`Copy` element). Each use is a fresh atomic.
-    #[cfg(not(drainable_loom))]
-    #[allow(clippy::declare_interior_mutable_const)]
-    const NO_CHUNK: AtomicPtr<Slot<T, C>> = AtomicPtr::new(ptr::null_mut());
-
-    #[cfg(not(drainable_loom))]
-    const fn no_chunks() -> [AtomicPtr<Slot<T, C>>; MAX_CHUNKS] {
-        [Self::NO_CHUNK; MAX_CHUNKS]
-    }
-
-    #[cfg(drainable_loom)]
-    fn no_chunks() -> [AtomicPtr<Slot<T, C>>; MAX_CHUNKS] {
-        std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut()))
-    }
-
     sync::const_fn! {
         /// An empty registry counting calls in flight with the scheme `C`, e.g. [`PerCpu`]
         /// for hot paths called from many cores (it costs `128 ×` CPUs bytes per slot).
@@ -274,14 +237,12 @@ impl<T, C: Counter> Registry<T, C> {
         /// ```
         pub const fn with_counter() -> Self {
             Registry {
-                chunks: Self::no_chunks(),
-                high: AtomicUsize::new(0),
+                storage: Storage::new(),
                 len: AtomicUsize::new(0),
                 id: AtomicU64::new(0),
                 control: Mutex::new(Control {
                     free: Vec::new(),
-                    next: 0,
-                    chunks: 0,
+                    tail: Tail::new(),
                 }),
                 _values: PhantomData,
             }
@@ -316,13 +277,16 @@ impl<T, C: Counter> Registry<T, C> {
             let registry = self.id_or_assign();
             let index = match control.free.pop() {
                 Some(index) => index,
-                None => self.fresh_slot(&mut control),
+                None => self.storage.fresh(&mut control.tail, || {
+                    // Drained from the start: the state of every free slot.
+                    Slot::<T, C>::new_drained(sync::UnsafeCell::new(None))
+                }),
             };
             // Relaxed: a statistic; it orders nothing.
             self.len.fetch_add(1, Ordering::Relaxed);
             (registry, index)
         };
-        let slot = self.slot(index);
+        let slot = self.storage.get(index);
         slot.value_unguarded().with_mut(|p| {
             // SAFETY: the slot is drained (free slots always are) and this thread took it off
             // the free list (or past the high-water mark) under the lock, so it is the only
@@ -377,7 +341,7 @@ impl<T, C: Counter> Registry<T, C> {
     /// ```
     #[inline]
     pub fn for_each(&self, mut f: impl FnMut(&T)) {
-        for chunk in self.chunks() {
+        for chunk in self.storage.chunks() {
             for slot in chunk {
                 if let Some(guard) = slot.try_acquire() {
                     f(value(&*guard));
@@ -405,10 +369,7 @@ impl<T, C: Counter> Registry<T, C> {
     /// r.unregister_all(hs);
     /// ```
     pub fn iter(&self) -> RegistryIter<'_, T, C> {
-        RegistryIter {
-            chunks: self.chunks(),
-            slots: [].iter(),
-        }
+        RegistryIter::new(self.storage.chunks())
     }
 
     /// Removes an entry: closes it to new calls at once, blocks until every call in flight
@@ -616,55 +577,6 @@ impl<T, C: Counter> Registry<T, C> {
         id
     }
 
-    /// A never-used slot: the next one past the high-water mark, allocating a chunk if the
-    /// last one is full.
-    fn fresh_slot(&self, control: &mut Control) -> usize {
-        if control.next == capacity(control.chunks) {
-            self.grow(control);
-        }
-        let index = control.next;
-        control.next += 1;
-        // Release: callers that read this bound with `Acquire` also see every chunk below it
-        // published (chunk → caller).
-        self.high.store(control.next, Ordering::Release);
-        index
-    }
-
-    #[cold]
-    fn grow(&self, control: &mut Control) {
-        let k = control.chunks;
-        assert!(
-            k < MAX_CHUNKS,
-            "drainable: Registry full ({} slots)",
-            capacity(MAX_CHUNKS)
-        );
-        let slots: Box<[Slot<T, C>]> = (0..chunk_len(k))
-            // Drained from the start: the state of every free slot.
-            .map(|_| Slot::<T, C>::new_drained(sync::UnsafeCell::new(None)))
-            .collect();
-        let chunk = Box::into_raw(slots) as *mut Slot<T, C>;
-        // Release: the slots' construction happens-before any caller's use of them
-        // (chunk → caller; callers load with `Acquire`).
-        self.chunks[k].store(chunk, Ordering::Release);
-        control.chunks = k + 1;
-    }
-
-    /// The slot at `index`, which must have been handed out (it is below the high-water mark
-    /// the caller synchronised with).
-    fn slot(&self, index: usize) -> &Slot<T, C> {
-        let (k, offset) = locate(index);
-        // Acquire: chunk → caller, as in `chunks()`.
-        let chunk = self.chunks[k].load(Ordering::Acquire);
-        assert!(
-            !chunk.is_null(),
-            "drainable: Registry slot {index} not allocated"
-        );
-        // SAFETY: a non-null chunk pointer came from `grow`: a boxed slice of `chunk_len(k)`
-        // initialised slots (`offset` is below it by `locate`), published with the `Release`
-        // this load synchronises with, and freed only by `Drop`, which needs `&mut self`.
-        unsafe { &*chunk.add(offset) }
-    }
-
     /// The slot of `registration`, after checking that this registry issued it.
     #[track_caller]
     fn check(&self, registration: &Registration<T>) -> &Slot<T, C> {
@@ -673,13 +585,13 @@ impl<T, C: Counter> Registry<T, C> {
         if registration.registry != id {
             foreign(registration.registry, id);
         }
-        self.slot(registration.index)
+        self.storage.get(registration.index)
     }
 
     /// Takes the value out of a drained slot whose registration the caller owned, and puts
     /// the slot on the free list.
     fn take_drained(&self, index: usize) -> T {
-        let slot = self.slot(index);
+        let slot = self.storage.get(index);
         debug_assert!(slot.is_drained());
         let value = slot.value_unguarded().with_mut(|p| {
             // SAFETY: the slot is drained: no guard exists, every read under one
@@ -696,17 +608,6 @@ impl<T, C: Counter> Registry<T, C> {
         match value {
             Some(value) => value,
             None => unreachable!("drainable: a registered slot held no value"),
-        }
-    }
-
-    /// The published chunks, as slices, up to the high-water mark.
-    fn chunks(&self) -> Chunks<'_, T, C> {
-        Chunks {
-            registry: self,
-            next: 0,
-            // Acquire: pairs with the `Release` in `fresh_slot`: every chunk below the bound
-            // is published.
-            remaining: self.high.load(Ordering::Acquire),
         }
     }
 }
@@ -757,26 +658,6 @@ impl<T, C: Counter> Default for Registry<T, C> {
     }
 }
 
-impl<T, C: Counter> Drop for Registry<T, C> {
-    fn drop(&mut self) {
-        // Owned boxes first, so that if a value's `drop` panics, unwinding still frees the
-        // other chunks (a slice's drop goes on past a panicking element).
-        let chunks: Vec<Box<[Slot<T, C>]>> = (0..MAX_CHUNKS)
-            .map_while(|k| {
-                // Relaxed: `&mut self` excludes every other access.
-                let chunk = self.chunks[k].load(Ordering::Relaxed);
-                (!chunk.is_null()).then(|| {
-                    // SAFETY: `chunk` came from `Box::into_raw` of a slice of `chunk_len(k)`
-                    // slots in `grow`, is rebuilt only here, once, and nothing can borrow the
-                    // slots any more (`&mut self`; guards borrow the registry).
-                    unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(chunk, chunk_len(k))) }
-                })
-            })
-            .collect();
-        drop(chunks); // drops each slot, hence each value still registered
-    }
-}
-
 impl<T: fmt::Debug, C: Counter> fmt::Debug for Registry<T, C> {
     /// Shows the number of registered values and the ones callers can reach now.
     ///
@@ -801,828 +682,4 @@ impl<T: fmt::Debug, C: Counter> fmt::Debug for Registry<T, C> {
             .field("entries", &Entries(self))
             .finish()
     }
-}
-
-/// The handle of one registered entry, from [`Registry::register`]; give it back to an
-/// `unregister` method (or [`Registry::prepare_unregister`]) to remove the entry.
-///
-/// Not `Clone`: it names one entry, which is removed once. It is only a token (no borrow, no
-/// drop glue) and is `Send` and `Sync` whatever `T` is.
-///
-/// Dropping it leaves the entry registered for the rest of the registry's life (its value
-/// is dropped with the registry): nothing leaks, but nothing can remove the entry either.
-///
-/// Using it with a registry other than the one that issued it panics:
-///
-/// ```should_panic
-/// use drainable::Registry;
-///
-/// let a = Registry::new();
-/// let b = Registry::new();
-/// # let _ = b.register(0);
-/// let h = a.register(1);
-/// b.unregister(h); // panics: registry #… was passed to registry #…
-/// ```
-#[must_use = "dropping a Registration leaves its entry registered until the Registry is dropped"]
-pub struct Registration<T> {
-    registry: u64,
-    index: usize,
-    _value: PhantomData<fn() -> T>,
-}
-
-impl<T> fmt::Debug for Registration<T> {
-    /// Shows the issuing registry's number and the entry's slot.
-    ///
-    /// ```
-    /// let r = drainable::Registry::new();
-    /// let h = r.register(());
-    /// assert!(format!("{h:?}").starts_with("Registration { registry: "));
-    /// # r.unregister(h);
-    /// ```
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Registration")
-            .field("registry", &self.registry)
-            .field("slot", &self.index)
-            .finish()
-    }
-}
-
-/// A removal in progress, from [`Registry::prepare_unregister`]: the entry is closed to new
-/// calls; [`commit`](Self::commit) waits for the calls in flight and hands the value back,
-/// [`undo`](Self::undo) reopens the entry and hands the registration back.
-///
-/// This is the seed thread's `prepare_deregister` / `commit_deregister` /
-/// `undo_deregister`. Dropping it uncommitted undoes it: the entry is live again, and, with
-/// its registration gone, stays registered until the registry is dropped (as after dropping
-/// the [`Registration`]). Undoing is the drop that cannot block or lose a value; call
-/// [`undo`](Self::undo) to keep the registration.
-///
-/// It is `Send` (when the registry is `Sync`): one thread may prepare, another commit.
-///
-/// ```
-/// use drainable::Registry;
-///
-/// let r = Registry::new();
-/// let (a, b) = (r.register(1), r.register(2));
-/// let pa = r.prepare_unregister(a);
-/// let pb = r.prepare_unregister(b); // both closed before any wait
-/// assert_eq!(pa.commit() + pb.commit(), 3);
-/// ```
-#[must_use = "dropping a PendingRemoval undoes it at once (and the entry stays registered)"]
-pub struct PendingRemoval<'a, T, C: Counter = Shared> {
-    registry: &'a Registry<T, C>,
-    /// The issuing registry's number, to rebuild the `Registration` on undo.
-    registration: u64,
-    index: usize,
-    /// Holds the slot closed; dropping it undoes.
-    pending: PendingDrain<'a, sync::UnsafeCell<Option<T>>, C>,
-}
-
-// SAFETY: the fields are a `&Registry` (which may be shared when it is `Sync`) and a
-// `PendingDrain` of one of its slots, whose operations (commit, undo, the outstanding count)
-// touch only the slot's counters, which are thread-safe. Committing on another thread moves
-// the value there, which `T: Send` allows.
-unsafe impl<T: Send + Sync, C: Counter> Send for PendingRemoval<'_, T, C> {}
-
-// SAFETY: a `&PendingRemoval` only reads the outstanding count (atomics).
-unsafe impl<T: Send + Sync, C: Counter> Sync for PendingRemoval<'_, T, C> {}
-
-impl<'a, T, C: Counter> PendingRemoval<'a, T, C> {
-    /// Waits until every call in flight into the entry has returned, then removes it and
-    /// hands its value back, exactly as [`Registry::unregister`] does.
-    ///
-    /// Blocking and starvation-free: waits only for the calls that began before the entry
-    /// closed; then takes the registry's lock briefly.
-    ///
-    /// # Panics
-    ///
-    /// In builds with `debug_assertions`, if the calling thread is inside a call into this
-    /// entry (see [`Registry::unregister`]). The removal is then undone.
-    ///
-    /// ```
-    /// let r = drainable::Registry::new();
-    /// let h = r.register(vec![1, 2]);
-    /// assert_eq!(r.prepare_unregister(h).commit(), [1, 2]);
-    /// ```
-    #[track_caller]
-    pub fn commit(self) -> T {
-        let PendingRemoval {
-            registry,
-            index,
-            pending,
-            ..
-        } = self;
-        pending.commit();
-        registry.take_drained(index)
-    }
-
-    /// Waits up to `timeout` for the calls in flight into the entry. On success removes it
-    /// and hands its value back, as [`commit`](Self::commit) does.
-    ///
-    /// Blocking, for at most about `timeout`.
-    ///
-    /// # Errors
-    ///
-    /// On timeout, gives the `PendingRemoval` back: the entry stays closed, and the caller may
-    /// wait again, [`undo`](Self::undo), or ask how many calls are
-    /// [`outstanding`](Self::outstanding).
-    ///
-    /// ```
-    /// use drainable::Registry;
-    /// use std::time::Duration;
-    ///
-    /// let r = Registry::new();
-    /// let h = r.register("eth0");
-    /// let call = r.iter().next().unwrap();
-    /// let pending = r.prepare_unregister(h);
-    /// let pending = pending.commit_timeout(Duration::ZERO).unwrap_err();
-    /// assert_eq!(pending.outstanding(), 1);
-    /// drop(call);
-    /// assert_eq!(pending.commit_timeout(Duration::from_secs(1)).unwrap(), "eth0");
-    /// ```
-    pub fn commit_timeout(self, timeout: Duration) -> Result<T, Self> {
-        let PendingRemoval {
-            registry,
-            registration,
-            index,
-            pending,
-        } = self;
-        match pending.commit_timeout(timeout) {
-            Ok(()) => Ok(registry.take_drained(index)),
-            Err(pending) => Err(PendingRemoval {
-                registry,
-                registration,
-                index,
-                pending,
-            }),
-        }
-    }
-
-    /// Reopens the entry (callers reach it again) and hands its registration back.
-    ///
-    /// Never waits for callers (with [`PerCpu`](crate::PerCpu) counting it takes a lock only
-    /// removals of this entry take).
-    ///
-    /// ```
-    /// let r = drainable::Registry::new();
-    /// let h = r.register(7);
-    /// let h = r.prepare_unregister(h).undo();
-    /// assert_eq!(r.iter().map(|v| *v).sum::<i32>(), 7);
-    /// # r.unregister(h);
-    /// ```
-    pub fn undo(self) -> Registration<T> {
-        let reopened = self.pending.undo();
-        // Nobody else closes a slot whose registration we hold.
-        debug_assert!(reopened, "undo did not reopen the entry");
-        Registration {
-            registry: self.registration,
-            index: self.index,
-            _value: PhantomData,
-        }
-    }
-
-    /// Calls into the entry still in flight (a snapshot).
-    ///
-    /// ```
-    /// let r = drainable::Registry::new();
-    /// let h = r.register(());
-    /// let call = r.iter().next();
-    /// let p = r.prepare_unregister(h);
-    /// assert_eq!(p.outstanding(), 1);
-    /// drop(call);
-    /// assert_eq!(p.outstanding(), 0);
-    /// # p.commit();
-    /// ```
-    pub fn outstanding(&self) -> usize {
-        self.pending.outstanding()
-    }
-}
-
-impl<T, C: Counter> fmt::Debug for PendingRemoval<'_, T, C> {
-    /// Shows the entry's slot and the calls still in flight.
-    ///
-    /// ```
-    /// let r = drainable::Registry::new();
-    /// let p = r.prepare_unregister(r.register(()));
-    /// assert_eq!(format!("{p:?}"), "PendingRemoval { slot: 0, outstanding: 0 }");
-    /// # p.commit();
-    /// ```
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PendingRemoval")
-            .field("slot", &self.index)
-            .field("outstanding", &self.outstanding())
-            .finish()
-    }
-}
-
-/// The error of [`Registry::unregister_timeout`]: calls into the entry were still in flight
-/// at the deadline, so the removal was abandoned and the entry is live again. Holds the
-/// [`Registration`], to try again later.
-///
-/// Its [`source`](Error::source) is the slot's [`DrainTimeoutError`].
-///
-/// ```
-/// use drainable::Registry;
-/// use std::error::Error;
-/// use std::time::Duration;
-///
-/// let r = Registry::new();
-/// let h = r.register(());
-/// let call = r.iter().next();
-/// let err = r.unregister_timeout(h, Duration::ZERO).unwrap_err();
-/// assert_eq!(err.to_string(), "unregister timed out; the entry is registered again");
-/// assert_eq!(
-///     err.source().unwrap().to_string(),
-///     "drain timed out with 1 guard(s) still outstanding"
-/// );
-/// drop(call);
-/// r.unregister(err.into_registration());
-/// ```
-pub struct UnregisterTimeoutError<T> {
-    registration: Registration<T>,
-    error: DrainTimeoutError,
-}
-
-impl<T> UnregisterTimeoutError<T> {
-    /// How many calls into the entry were in flight at the deadline.
-    ///
-    /// ```
-    /// # use std::time::Duration;
-    /// let r = drainable::Registry::new();
-    /// let h = r.register(());
-    /// let calls: Vec<_> = r.iter().chain(r.iter()).collect();
-    /// let err = r.unregister_timeout(h, Duration::ZERO).unwrap_err();
-    /// assert_eq!(err.outstanding(), 2);
-    /// # drop(calls);
-    /// # r.unregister(err.into_registration());
-    /// ```
-    pub fn outstanding(&self) -> usize {
-        self.error.outstanding()
-    }
-
-    /// The registration, to remove the entry later.
-    ///
-    /// ```
-    /// # use std::time::Duration;
-    /// let r = drainable::Registry::new();
-    /// let h = r.register(5);
-    /// let call = r.iter().next();
-    /// let err = r.unregister_timeout(h, Duration::ZERO).unwrap_err();
-    /// drop(call);
-    /// assert_eq!(r.unregister(err.into_registration()), 5);
-    /// ```
-    pub fn into_registration(self) -> Registration<T> {
-        self.registration
-    }
-}
-
-impl<T> fmt::Debug for UnregisterTimeoutError<T> {
-    /// Shows the registration and the calls in flight at the deadline.
-    ///
-    /// ```
-    /// # use std::time::Duration;
-    /// let r = drainable::Registry::new();
-    /// let h = r.register(());
-    /// let call = r.iter().next();
-    /// let err = r.unregister_timeout(h, Duration::ZERO).unwrap_err();
-    /// assert!(format!("{err:?}").ends_with("outstanding: 1 }"));
-    /// # drop(call);
-    /// # r.unregister(err.into_registration());
-    /// ```
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UnregisterTimeoutError")
-            .field("registration", &self.registration)
-            .field("outstanding", &self.outstanding())
-            .finish()
-    }
-}
-
-impl<T> fmt::Display for UnregisterTimeoutError<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("unregister timed out; the entry is registered again")
-    }
-}
-
-impl<T> Error for UnregisterTimeoutError<T> {
-    fn source(&self) -> Option<&(dyn Error + 'static)> {
-        Some(&self.error)
-    }
-}
-
-/// A registered value, held: a call into the entry is in flight while it lives, so the
-/// entry's removal waits for its drop. From [`Registry::iter`]; derefs to `T`.
-///
-/// `!Send`, like [`Guard`]: it is released on the thread that took it (which is what lets
-/// debug builds catch a thread removing an entry it holds). `Sync` when `T` is.
-///
-/// ```
-/// let r = drainable::Registry::new();
-/// let h = r.register(String::from("hook"));
-/// let g = r.iter().next().unwrap();
-/// assert_eq!(g.len(), 4);
-/// drop(g);
-/// r.unregister(h);
-/// ```
-#[must_use = "an EntryGuard that is not kept is released at once"]
-pub struct EntryGuard<'a, T, C: Counter = Shared> {
-    guard: Guard<'a, sync::UnsafeCell<Option<T>>, C>,
-}
-
-// SAFETY: sharing a `&EntryGuard` only gives out `&T`, fine across threads when `T: Sync`.
-unsafe impl<T: Sync, C: Counter> Sync for EntryGuard<'_, T, C> {}
-
-impl<T, C: Counter> Deref for EntryGuard<'_, T, C> {
-    type Target = T;
-
-    #[inline]
-    fn deref(&self) -> &T {
-        value(&*self.guard)
-    }
-}
-
-impl<T: fmt::Debug, C: Counter> fmt::Debug for EntryGuard<'_, T, C> {
-    /// Formats the value.
-    ///
-    /// ```
-    /// let r = drainable::Registry::new();
-    /// let h = r.register(3);
-    /// assert_eq!(format!("{:?}", r.iter().next().unwrap()), "3");
-    /// # r.unregister(h);
-    /// ```
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&**self, f)
-    }
-}
-
-/// The iterator of [`Registry::iter`]: yields an [`EntryGuard`] for each registered value
-/// it can reach, skipping entries being removed. Lock-free.
-///
-/// ```
-/// let r = drainable::Registry::new();
-/// let hs = [r.register(1), r.register(2)];
-/// let total: i32 = r.iter().map(|v| *v).sum();
-/// assert_eq!(total, 3);
-/// # r.unregister_all(hs);
-/// ```
-pub struct RegistryIter<'a, T, C: Counter = Shared> {
-    chunks: Chunks<'a, T, C>,
-    slots: std::slice::Iter<'a, Slot<T, C>>,
-}
-
-// SAFETY: an `Iter` only gives out guards of a `&Registry`, which may be shared across threads
-// when `T: Send + Sync`; moving or sharing it is no different from moving or sharing that
-// reference.
-unsafe impl<T: Send + Sync, C: Counter> Send for RegistryIter<'_, T, C> {}
-// SAFETY: as for `Send`; `&Iter` exposes nothing.
-unsafe impl<T: Send + Sync, C: Counter> Sync for RegistryIter<'_, T, C> {}
-
-impl<'a, T, C: Counter> Iterator for RegistryIter<'a, T, C> {
-    type Item = EntryGuard<'a, T, C>;
-
-    #[inline]
-    fn next(&mut self) -> Option<EntryGuard<'a, T, C>> {
-        loop {
-            for slot in self.slots.by_ref() {
-                if let Some(guard) = slot.try_acquire() {
-                    return Some(EntryGuard { guard });
-                }
-            }
-            self.slots = self.chunks.next()?.iter();
-        }
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        (0, Some(self.slots.len() + self.chunks.remaining))
-    }
-}
-
-// Once `next` returns `None`, the chunks are exhausted and stay so.
-impl<T, C: Counter> std::iter::FusedIterator for RegistryIter<'_, T, C> {}
-
-impl<'a, T, C: Counter> IntoIterator for &'a Registry<T, C> {
-    type Item = EntryGuard<'a, T, C>;
-    type IntoIter = RegistryIter<'a, T, C>;
-
-    /// The same as [`Registry::iter`].
-    ///
-    /// ```
-    /// let r = drainable::Registry::new();
-    /// let h = r.register(2);
-    /// for v in &r {
-    ///     assert_eq!(*v, 2);
-    /// }
-    /// # r.unregister(h);
-    /// ```
-    fn into_iter(self) -> RegistryIter<'a, T, C> {
-        self.iter()
-    }
-}
-
-impl<T, C: Counter> fmt::Debug for RegistryIter<'_, T, C> {
-    /// Shows how many slots are left to visit.
-    ///
-    /// ```
-    /// let r = drainable::Registry::<()>::new();
-    /// assert_eq!(format!("{:?}", r.iter()), "RegistryIter { slots_left: 0 }");
-    /// ```
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RegistryIter")
-            .field("slots_left", &(self.slots.len() + self.chunks.remaining))
-            .finish()
-    }
-}
-
-/// The published chunks, as slices, up to a high-water mark read once.
-struct Chunks<'a, T, C: Counter> {
-    registry: &'a Registry<T, C>,
-    next: usize,
-    /// Slots below the high-water mark not yet yielded.
-    remaining: usize,
-}
-
-impl<'a, T, C: Counter> Iterator for Chunks<'a, T, C> {
-    type Item = &'a [Slot<T, C>];
-
-    #[inline]
-    fn next(&mut self) -> Option<&'a [Slot<T, C>]> {
-        if self.remaining == 0 {
-            return None;
-        }
-        let k = self.next;
-        let len = chunk_len(k).min(self.remaining);
-        // Acquire: pairs with the `Release` that published the chunk (chunk → caller). The
-        // high-water mark already implies it; this keeps the read correct on its own.
-        let chunk = self.registry.chunks[k].load(Ordering::Acquire);
-        // One branch per chunk and pass, to keep the slice below sound even if the
-        // high-water mark were wrong.
-        assert!(
-            !chunk.is_null(),
-            "drainable: Registry chunk {k} not published"
-        );
-        self.next = k + 1;
-        self.remaining -= len;
-        // SAFETY: every chunk below the high-water mark (read with `Acquire` in
-        // `Registry::chunks`) is published, holds `chunk_len(k) >= len` initialised slots, and
-        // lives as long as the registry, which `'a` borrows.
-        Some(unsafe { std::slice::from_raw_parts(chunk, len) })
-    }
-}
-
-#[cfg(all(test, not(drainable_loom)))]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use std::sync::{mpsc, Arc};
-    use std::thread;
-
-    use crate::test_support::iters;
-
-    #[test]
-    fn locate_matches_chunk_layout() {
-        let mut index = 0;
-        for k in 0..6 {
-            assert_eq!(capacity(k), index);
-            for offset in 0..chunk_len(k) {
-                assert_eq!(locate(index), (k, offset), "index {index}");
-                index += 1;
-            }
-        }
-        let last = capacity(MAX_CHUNKS) - 1;
-        assert_eq!(
-            locate(last),
-            (MAX_CHUNKS - 1, chunk_len(MAX_CHUNKS - 1) - 1)
-        );
-    }
-
-    #[test]
-    fn foreign_registration_panics_with_a_clear_message() {
-        let a = Registry::new();
-        let b = Registry::new();
-        let _kept = b.register(0);
-        let h = a.register(1);
-        let msg = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| b.unregister(h)))
-            .unwrap_err()
-            .downcast::<String>()
-            .unwrap();
-        assert!(msg.contains("was passed to registry #"), "{msg}");
-        assert!(msg.contains("only remove the entry of the registry that issued it"));
-        // Nothing was changed in either registry.
-        assert_eq!((a.len(), b.len()), (1, 1));
-        assert_eq!(a.iter().map(|v| *v).collect::<Vec<_>>(), [1]);
-
-        let empty = Registry::<i32>::new();
-        let h = a.register(2);
-        let msg = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| empty.unregister(h)))
-            .unwrap_err()
-            .downcast::<String>()
-            .unwrap();
-        assert!(msg.contains("never registered anything"), "{msg}");
-    }
-
-    #[test]
-    fn unregister_all_checks_every_registration_before_closing_any() {
-        let a = Registry::new();
-        let b = Registry::new();
-        let a1 = a.register(1);
-        let b1 = b.register(2);
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            a.unregister_all([a1, b1]);
-        }));
-        assert!(r.is_err());
-        // a1's entry was neither closed nor removed.
-        assert_eq!(a.iter().map(|v| *v).collect::<Vec<_>>(), [1]);
-        assert_eq!(a.len(), 1);
-    }
-
-    /// The contract tests, once per counter scheme.
-    macro_rules! registry_tests {
-        ($name:ident, $counter:ty) => {
-            mod $name {
-                use super::*;
-
-                type R<T> = Registry<T, $counter>;
-
-                impl<T> Registry<T, $counter> {
-                    fn fresh() -> Self {
-                        Self::with_counter()
-                    }
-                }
-
-                fn collect<T: Copy>(r: &R<T>) -> Vec<T> {
-                    let mut v = Vec::new();
-                    r.for_each(|x| v.push(*x));
-                    v
-                }
-
-                #[test]
-                fn register_call_unregister() {
-                    let r = R::fresh();
-                    assert!(r.is_empty());
-                    let a = r.register(1);
-                    let b = r.register(2);
-                    assert_eq!(r.len(), 2);
-                    assert_eq!(collect(&r), [1, 2]);
-                    assert_eq!(r.unregister(a), 1);
-                    assert_eq!(collect(&r), [2]);
-                    assert_eq!(r.unregister(b), 2);
-                    assert!(collect(&r).is_empty());
-                    assert!(r.is_empty());
-                }
-
-                #[test]
-                fn slots_are_reused_last_in_first_out() {
-                    let r = R::fresh();
-                    let a = r.register(1);
-                    let b = r.register(2);
-                    let (ia, ib) = (a.index, b.index);
-                    r.unregister(a);
-                    r.unregister(b);
-                    let c = r.register(3);
-                    let d = r.register(4);
-                    assert_eq!((c.index, d.index), (ib, ia));
-                    assert_eq!(r.lock().next, 2, "no new slot was handed out");
-                    r.unregister_all([c, d]);
-                }
-
-                #[test]
-                fn grows_across_chunks_and_visits_each_entry_once() {
-                    let r = R::fresh();
-                    let n = capacity(3) + 1; // into the fourth chunk
-                    let hs: Vec<_> = (0..n).map(|i| r.register(i)).collect();
-                    assert_eq!(r.lock().chunks, 4);
-                    assert_eq!(collect(&r), (0..n).collect::<Vec<_>>());
-                    assert_eq!(r.iter().count(), n);
-                    // Remove every other one; the rest are still visited once each.
-                    let (odd, even): (Vec<_>, Vec<_>) =
-                        hs.into_iter().partition(|h| h.index % 2 == 1);
-                    let removed = r.unregister_all(odd);
-                    assert!(removed.iter().all(|v| v % 2 == 1));
-                    assert_eq!(collect(&r), (0..n).step_by(2).collect::<Vec<_>>());
-                    assert_eq!(r.len(), even.len());
-                    r.unregister_all(even);
-                    assert!(r.is_empty() && collect(&r).is_empty());
-                }
-
-                #[test]
-                fn pending_removal_skips_then_undo_or_commit() {
-                    let r = R::fresh();
-                    let h = r.register(5);
-                    let keep = r.register(6);
-                    let p = r.prepare_unregister(h);
-                    assert_eq!(collect(&r), [6], "a closed entry is skipped");
-                    assert_eq!(r.len(), 2, "still registered until committed");
-                    let h = p.undo();
-                    assert_eq!(collect(&r), [5, 6]);
-                    let p = r.prepare_unregister(h);
-                    assert_eq!(p.commit(), 5);
-                    assert_eq!(collect(&r), [6]);
-                    r.unregister(keep);
-                }
-
-                #[test]
-                fn dropping_a_pending_removal_undoes_it() {
-                    let r = R::fresh();
-                    let h = r.register(9);
-                    drop(r.prepare_unregister(h));
-                    assert_eq!(collect(&r), [9], "live again");
-                    assert_eq!(r.len(), 1);
-                }
-
-                #[test]
-                fn commit_timeout_keeps_it_closed_until_the_call_returns() {
-                    let r = R::fresh();
-                    let h = r.register(1);
-                    let call = r.iter().next().unwrap();
-                    let p = r.prepare_unregister(h);
-                    let p = p.commit_timeout(Duration::ZERO).unwrap_err();
-                    assert_eq!(p.outstanding(), 1);
-                    assert!(collect(&r).is_empty(), "still closed after a timeout");
-                    drop(call);
-                    assert_eq!(p.commit_timeout(Duration::from_secs(60)).unwrap(), 1);
-                    assert!(r.is_empty());
-                }
-
-                #[test]
-                fn unregister_timeout_fails_reopens_and_returns_the_registration() {
-                    let r = R::fresh();
-                    let h = r.register(1);
-                    let calls: Vec<_> = r.iter().chain(r.iter()).collect();
-                    let e = r
-                        .unregister_timeout(h, Duration::from_millis(1))
-                        .unwrap_err();
-                    assert_eq!(e.outstanding(), 2);
-                    assert_eq!(collect(&r), [1], "live again");
-                    drop(calls);
-                    let h = e.into_registration();
-                    assert_eq!(r.unregister_timeout(h, Duration::from_secs(60)).unwrap(), 1);
-                    assert!(r.is_empty());
-                }
-
-                #[test]
-                fn unregister_waits_for_a_call_on_another_thread() {
-                    let r = R::fresh();
-                    let h = r.register(AtomicUsize::new(0));
-                    let returned = AtomicBool::new(false);
-                    thread::scope(|s| {
-                        let (entered_tx, entered_rx) = mpsc::channel();
-                        let (go_tx, go_rx) = mpsc::channel::<()>();
-                        let (r, returned) = (&r, &returned);
-                        s.spawn(move || {
-                            r.for_each(|v| {
-                                entered_tx.send(()).unwrap();
-                                let _ = go_rx.recv();
-                                v.fetch_add(1, Ordering::Relaxed);
-                                // Relaxed: only the removal's happens-before makes it visible.
-                                returned.store(true, Ordering::Relaxed);
-                            });
-                        });
-                        entered_rx.recv().unwrap();
-                        s.spawn(move || {
-                            let ms = if cfg!(miri) { 0 } else { 5 };
-                            thread::sleep(Duration::from_millis(ms));
-                            drop(go_tx);
-                        });
-                        let v = r.unregister(h);
-                        assert!(returned.load(Ordering::Relaxed));
-                        assert_eq!(v.into_inner(), 1);
-                    });
-                }
-
-                #[test]
-                fn values_are_dropped_exactly_once() {
-                    struct Counted<'a>(&'a AtomicUsize);
-                    impl Drop for Counted<'_> {
-                        fn drop(&mut self) {
-                            self.0.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    let drops = AtomicUsize::new(0);
-                    {
-                        let r = R::fresh();
-                        let a = r.register(Counted(&drops));
-                        let _b = r.register(Counted(&drops));
-                        let _c = r.register(Counted(&drops));
-                        drop(r.unregister(a));
-                        assert_eq!(drops.load(Ordering::Relaxed), 1);
-                        // Dropped handles: `_b` and `_c` stay registered until `r` drops.
-                    }
-                    assert_eq!(drops.load(Ordering::Relaxed), 3);
-                }
-
-                #[test]
-                fn iter_guards_nest_and_registering_from_a_callback_is_fine() {
-                    let r = R::fresh();
-                    let a = r.register(1);
-                    let mut inner = None;
-                    r.for_each(|_| {
-                        // Re-entrant: a callback may register, and may iterate.
-                        inner = Some(r.register(2));
-                        assert!(r.iter().count() >= 1);
-                    });
-                    let pairs = r.iter().flat_map(|x| r.iter().map(move |y| (*x, *y)));
-                    assert_eq!(pairs.count(), 4);
-                    r.unregister_all([a, inner.unwrap()]);
-                }
-
-                #[test]
-                #[cfg_attr(not(debug_assertions), ignore = "detection is a debug-build check")]
-                fn unregistering_from_its_own_callback_panics_and_stays_registered() {
-                    let r = R::fresh();
-                    let mut h = Some(r.register(1));
-                    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        r.for_each(|_| {
-                            r.unregister(h.take().unwrap());
-                        });
-                    }));
-                    let msg = caught.unwrap_err().downcast::<String>().unwrap();
-                    assert!(msg.contains("holds 1 Guard(s)"), "{msg}");
-                    assert_eq!(collect(&r), [1], "the removal was undone");
-                }
-
-                #[test]
-                fn debug_output() {
-                    let r = R::fresh();
-                    let h = r.register(4);
-                    assert_eq!(format!("{r:?}"), "Registry { len: 1, entries: [4] }");
-                    let p = r.prepare_unregister(h);
-                    assert_eq!(format!("{r:?}"), "Registry { len: 1, entries: [] }");
-                    assert_eq!(
-                        format!("{p:?}"),
-                        "PendingRemoval { slot: 0, outstanding: 0 }"
-                    );
-                    let h = p.undo();
-                    assert!(format!("{h:?}").ends_with("slot: 0 }"));
-                    r.unregister(h);
-                }
-
-                /// Callers check a heap canary in each value; the remover poisons and frees it
-                /// the moment `unregister` returns, while callers may still be returning from
-                /// their release. Under Miri any access after the return is a use-after-free.
-                #[test]
-                fn free_right_after_unregister() {
-                    const ALIVE: usize = 0xA11C_E5ED;
-                    const POISON: usize = 0xDEAD;
-                    struct Module {
-                        canary: Box<AtomicUsize>,
-                    }
-                    let r = R::fresh();
-                    let violations = AtomicUsize::new(0);
-                    let stop = AtomicBool::new(false);
-                    thread::scope(|s| {
-                        for _ in 0..2 {
-                            s.spawn(|| {
-                                while !stop.load(Ordering::Relaxed) {
-                                    r.for_each(|m: &Module| {
-                                        if m.canary.load(Ordering::Relaxed) != ALIVE {
-                                            violations.fetch_add(1, Ordering::Relaxed);
-                                        }
-                                    });
-                                    thread::yield_now();
-                                }
-                            });
-                        }
-                        for _ in 0..iters(500, 8) {
-                            let h = r.register(Module {
-                                canary: Box::new(AtomicUsize::new(ALIVE)),
-                            });
-                            thread::yield_now();
-                            let m = r.unregister(h);
-                            m.canary.store(POISON, Ordering::Relaxed);
-                            drop(m);
-                        }
-                        stop.store(true, Ordering::Relaxed);
-                    });
-                    assert_eq!(violations.load(Ordering::Relaxed), 0);
-                }
-
-                #[test]
-                fn registers_and_removes_from_many_threads() {
-                    let r = Arc::new(R::fresh());
-                    let threads: Vec<_> = (0..3)
-                        .map(|t| {
-                            let r = Arc::clone(&r);
-                            thread::spawn(move || {
-                                for i in 0..iters(200, 5) {
-                                    let h = r.register(t * 1000 + i);
-                                    let mut seen = false;
-                                    r.for_each(|v| seen |= *v == t * 1000 + i);
-                                    assert!(seen, "an entry live for the whole pass was missed");
-                                    assert_eq!(r.unregister(h), t * 1000 + i);
-                                }
-                            })
-                        })
-                        .collect();
-                    for t in threads {
-                        t.join().unwrap();
-                    }
-                    assert!(r.is_empty());
-                    // Three threads, at most three live at once: at most three slots used.
-                    assert!(r.lock().next <= 3);
-                }
-            }
-        };
-    }
-
-    registry_tests!(shared, Shared);
-    registry_tests!(per_cpu, PerCpu);
 }
