@@ -356,11 +356,10 @@ impl<T: fmt::Debug> fmt::Debug for GraceGuard<'_, T> {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, AtomicUsize};
-    use std::sync::mpsc;
     use std::thread;
     use std::time::Duration;
 
-    use crate::test_support::iters;
+    use crate::test_support::{hold_on_thread, iters, Counted};
 
     #[test]
     #[cfg_attr(not(debug_assertions), ignore = "detection is a debug-build check")]
@@ -411,12 +410,6 @@ mod tests {
 
     #[test]
     fn values_are_dropped_exactly_once() {
-        struct Counted<'a>(&'a AtomicUsize);
-        impl Drop for Counted<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_add(1, Ordering::Relaxed);
-            }
-        }
         let drops = AtomicUsize::new(0);
         let c = GraceCell::new(Counted(&drops));
         drop(c.replace(Counted(&drops)));
@@ -486,16 +479,7 @@ mod tests {
         let b = GraceCell::with_domain(2, Arc::clone(&domain));
         thread::scope(|s| {
             // A reader of `a` delays writers of `b`: same domain.
-            let (inside, is_inside) = mpsc::channel();
-            let (release, released) = mpsc::channel::<()>();
-            let a = &a;
-            s.spawn(move || {
-                let r = a.read();
-                inside.send(()).unwrap();
-                let _ = released.recv();
-                drop(r);
-            });
-            is_inside.recv().unwrap();
+            let release = hold_on_thread(s, || a.read());
             assert!(domain.synchronize_timeout(Duration::ZERO).is_err());
             drop(release);
             assert_eq!(b.replace(3), 2);

@@ -493,19 +493,7 @@ mod tests {
     use std::sync::mpsc;
     use std::thread;
 
-    /// A thread inside a read section of `d` until the returned sender is used or dropped.
-    fn reader_inside<'s>(s: &'s thread::Scope<'s, '_>, d: &'s GraceDomain) -> mpsc::Sender<()> {
-        let (release, released) = mpsc::channel::<()>();
-        let (inside, is_inside) = mpsc::channel::<()>();
-        s.spawn(move || {
-            let section = d.enter();
-            inside.send(()).unwrap();
-            let _ = released.recv();
-            drop(section);
-        });
-        is_inside.recv().unwrap();
-        release
-    }
+    use crate::test_support::hold_on_thread;
 
     #[test]
     fn synchronize_without_readers_returns() {
@@ -540,7 +528,7 @@ mod tests {
         let d = GraceDomain::new();
         thread::scope(|s| {
             let cookie = d.start_grace_period();
-            let hold = reader_inside(s, &d); // began after the grace period started
+            let hold = hold_on_thread(s, || d.enter()); // began after the grace period started
             assert!(d.poll_grace_period(cookie));
             d.synchronize_timeout(Duration::ZERO).unwrap_err(); // but a new one must wait
             drop(hold);
@@ -552,7 +540,7 @@ mod tests {
     fn poll_is_non_blocking_and_completes_later() {
         let d = GraceDomain::new();
         thread::scope(|s| {
-            let hold = reader_inside(s, &d);
+            let hold = hold_on_thread(s, || d.enter());
             let cookie = d.start_grace_period();
             assert!(!d.poll_grace_period(cookie));
             assert!(!d.poll_grace_period(cookie));
@@ -567,7 +555,7 @@ mod tests {
     fn timeout_reports_and_a_later_call_completes() {
         let d = GraceDomain::new();
         thread::scope(|s| {
-            let hold = reader_inside(s, &d);
+            let hold = hold_on_thread(s, || d.enter());
             let e = d.synchronize_timeout(Duration::from_millis(2)).unwrap_err();
             assert_eq!(e, GraceTimeoutError(()));
             drop(hold);
@@ -579,7 +567,7 @@ mod tests {
     fn concurrent_synchronizers_share_grace_periods() {
         let d = GraceDomain::new();
         thread::scope(|s| {
-            let hold = reader_inside(s, &d);
+            let hold = hold_on_thread(s, || d.enter());
             let (asked, cookies) = mpsc::channel();
             let waiters: Vec<_> = (0..4)
                 .map(|_| {

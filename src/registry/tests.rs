@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 
-use crate::test_support::iters;
+use crate::test_support::{iters, Counted};
 
 #[test]
 fn foreign_registration_panics_with_a_clear_message() {
@@ -204,12 +204,6 @@ macro_rules! registry_tests {
 
             #[test]
             fn values_are_dropped_exactly_once() {
-                struct Counted<'a>(&'a AtomicUsize);
-                impl Drop for Counted<'_> {
-                    fn drop(&mut self) {
-                        self.0.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
                 let drops = AtomicUsize::new(0);
                 {
                     let r = R::fresh();
