@@ -946,3 +946,15 @@ impl<T: ?Sized, C: Counter> fmt::Debug for PendingDrain<'_, T, C> {
             .finish()
     }
 }
+
+/// Access for crate code that keeps a protocol of its own on top of the drainable, so that it
+/// needs no `pub(crate)` field.
+impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
+    /// The value, with no guard taken. For values whose own protocol says who may touch them
+    /// when: the registry's slots hold a cell that only the thread owning a drained slot
+    /// writes (no guard exists then, and none can be taken until it reopens the slot).
+    #[inline]
+    pub(crate) fn value_unguarded(&self) -> &T {
+        &self.value
+    }
+}

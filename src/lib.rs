@@ -93,6 +93,8 @@ pub use registry::{
 };
 
 #[cfg(all(test, not(drainable_loom)))]
+mod test_support;
+#[cfg(all(test, not(drainable_loom)))]
 mod tests;
 
 /// The README's examples, compiled and run as doc tests.

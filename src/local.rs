@@ -778,7 +778,7 @@ mod tests {
             return;
         }
         let d = PerCpuDrainable::new(());
-        for _ in 0..crate::tests::iters(20, 3) {
+        for _ in 0..crate::test_support::iters(20, 3) {
             thread::scope(|s| {
                 s.spawn(|| drop(d.try_acquire().unwrap()));
             });

@@ -1,37 +1,12 @@
-//! Unit tests of the public types, run natively and under Miri.
+//! Unit tests of the public types, run natively and under Miri. Tests only: helpers shared
+//! with other modules' tests are in `test_support.rs`.
 
+use crate::test_support::{hold_on_thread, iters, Counted};
 use crate::*;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
-use std::thread::{self, Scope};
+use std::thread;
 use std::time::Duration;
-
-/// Iteration counts shrink under Miri, which interprets every instruction.
-pub(crate) const fn iters(native: usize, miri: usize) -> usize {
-    if cfg!(miri) {
-        miri
-    } else {
-        native
-    }
-}
-
-/// Spawns a thread that takes a guard of `d`, and returns once it holds it. The thread drops
-/// the guard when the returned sender is used or dropped.
-fn hold_on_thread<'s, T: Sync, C: Counter>(
-    s: &'s Scope<'s, '_>,
-    d: &'s DrainableWith<T, C>,
-) -> mpsc::Sender<()> {
-    let (release_tx, release_rx) = mpsc::channel::<()>();
-    let (held_tx, held_rx) = mpsc::channel::<()>();
-    s.spawn(move || {
-        let g = d.try_acquire().expect("open");
-        held_tx.send(()).unwrap();
-        let _ = release_rx.recv();
-        drop(g);
-    });
-    held_rx.recv().unwrap();
-    release_tx
-}
 
 /// One word in release builds; debug builds add the deadlock detector's 8-byte key.
 #[test]
@@ -103,7 +78,7 @@ macro_rules! contract_tests {
             fn concurrent_drains_all_return() {
                 let d = new(());
                 thread::scope(|s| {
-                    let g = hold_on_thread(s, &d);
+                    let g = hold_on_thread(s, || d.try_acquire().expect("open"));
                     let hs: Vec<_> = (0..3).map(|_| s.spawn(|| d.drain())).collect();
                     thread::sleep(Duration::from_millis(if cfg!(miri) { 0 } else { 10 }));
                     drop(g);
@@ -248,7 +223,7 @@ macro_rules! contract_tests {
             fn drain_timeout_succeeds_when_guard_drops_in_time() {
                 let d = new(());
                 thread::scope(|s| {
-                    let g = hold_on_thread(s, &d);
+                    let g = hold_on_thread(s, || d.try_acquire().expect("open"));
                     s.spawn(move || {
                         thread::sleep(Duration::from_millis(if cfg!(miri) { 0 } else { 5 }));
                         drop(g);
@@ -451,12 +426,6 @@ macro_rules! contract_tests {
 
             #[test]
             fn value_is_dropped_exactly_once() {
-                struct Counted<'a>(&'a AtomicUsize);
-                impl Drop for Counted<'_> {
-                    fn drop(&mut self) {
-                        self.0.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
                 let drops = AtomicUsize::new(0);
                 {
                     let d = new(Counted(&drops));
@@ -528,8 +497,8 @@ macro_rules! contract_tests {
                     // SAFETY: `d` is live until the Box::from_raw below.
                     unsafe { &*d }.drain();
                     // SAFETY: drained: no guard exists and none can be taken; readers never touch it again.
-                    let b = unsafe { Box::from_raw(d) };
-                    b.value.canary.store(POISON, Ordering::Relaxed);
+                    let mut b = unsafe { Box::from_raw(d) };
+                    b.get_mut().canary.store(POISON, Ordering::Relaxed);
                     drop(b);
                     for r in readers {
                         r.join().unwrap();

@@ -1,51 +1,15 @@
-//! Grace periods: [`GraceDomain`] (read sections and `synchronize`) and [`GraceCell<T>`]
-//! (publish a new value, wait until no reader can still see the old one, get it back).
-//!
-//! # Algorithm
-//!
-//! A domain has two phases, each a set of folding per-CPU counters (`fold.rs`, shared with
-//! [`PerCpuDrainable`](crate::PerCpuDrainable)), and a `phase` word saying where new readers
-//! go.
-//!
-//! - **enter**: read `phase` (`Acquire`), increment the current CPU's slot of that phase. If
-//!   the slot is folded, a grace period has flipped the phase in between: read `phase` again
-//!   and retry. Lock-free; no fence.
-//! - **leave**: decrement the slot that was incremented (the guard remembers phase and slot).
-//! - **a grace period** (under the domain's step lock, never held while waiting): unfold the
-//!   new phase (`Release`; it has been folded and empty since its last grace period), flip
-//!   `phase` to it (`Release`), add a token to the domain's futex word, and fold the old phase's
-//!   slots (one RMW per slot). The old phase now counts exactly the sections that entered it;
-//!   the leave that takes that count to zero gives the token back and wakes the waiter. The old
-//!   phase then *stays folded* until the grace period after next flips back to it.
-//!
-//! A section that read the old `phase` but reached its slot after the fold sees `FOLDED` and
-//! retries in the new phase. Its retry *acquired* the fold, which the grace period made after
-//! the flip, which the writer made after publishing its new value: so that reader sees the new
-//! value. A section counted by the fold is waited for. Either way no reader can see the old
-//! value once the grace period ends, with no fence on either side.
-//!
-//! Why the old phase stays folded: a section may read `phase` and reach its slot much later.
-//! Were the old phase reopened when its grace period ended, such a section could slip into it
-//! while the *other* phase is current, and the next grace period (which waits for the other
-//! phase) would miss it, although it may have read the value that grace period retires. loom
-//! found exactly this. Reopening a phase only at the start of the grace period that makes it
-//! current means a slow section can only enter it after acquiring that unfold, which the writer
-//! made after publishing: it sees the newest value.
-//!
-//! Grace periods are numbered. `synchronize` asks for the first one that *starts* after the
-//! call (if one is in flight, the one after it), and any thread that finds the one in flight
-//! finished completes it and starts the next one requested: concurrent callers share grace
-//! periods instead of queueing one each.
+//! [`GraceDomain`]: read sections ([`ReadSection`]) and the grace periods that wait for them
+//! ([`GraceCookie`], [`GraceTimeoutError`]). The algorithm is in the module docs of `grace`.
 
+#[cfg(doc)]
+use super::GraceCell; // for the doc links
 use crate::fold::Folding;
 use crate::state;
 use crate::sync::{AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering};
 use crate::track;
 use std::fmt;
 use std::marker::PhantomData;
-use std::ops::Deref;
 use std::ptr::NonNull;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A domain of read sections and the grace periods that wait for them (an SRCU domain, a
@@ -404,6 +368,12 @@ impl GraceDomain {
         steps.started += 1;
     }
 
+    /// The domain's number, unique in the process: its key in the debug-build deadlock
+    /// detector.
+    pub(super) fn id(&self) -> u64 {
+        self.id
+    }
+
     fn lock_steps(&self) -> MutexGuard<'_, Steps> {
         // Nothing under the lock can panic halfway through a change.
         self.steps
@@ -516,372 +486,14 @@ impl fmt::Debug for ReadSection<'_> {
     }
 }
 
-/// A value readers see without locks or reference counts, and that a writer replaces: the
-/// writer publishes the new value, waits a grace period, and gets the old one back *by value*
-/// as soon as the last reader that could see it has left. Deterministic reclamation, unlike
-/// `crossbeam-epoch` or `arc-swap`, which free "some time later".
-///
-/// - [`read`](Self::read): never fails, never blocks, never waits for writers.
-/// - [`replace`](Self::replace) / [`update`](Self::update): writers serialise among themselves
-///   (a mutex), then wait one grace period of the cell's domain.
-///
-/// ```
-/// use drainable::GraceCell;
-///
-/// let routes = GraceCell::new(vec!["10.0.0.0/8"]);
-/// assert_eq!(routes.read().len(), 1);
-/// let old = routes.replace(vec!["10.0.0.0/8", "192.168.0.0/16"]);
-/// assert_eq!(old, ["10.0.0.0/8"]); // no reader can see it any more
-/// assert_eq!(routes.read().len(), 2);
-/// ```
-///
-/// Readers on several threads share `&T`, so a cell is `Sync` only when `T` is `Send + Sync`:
-///
-/// ```compile_fail
-/// let c = drainable::GraceCell::new(std::cell::Cell::new(1));
-/// std::thread::scope(|s| { s.spawn(|| c.read().get()); });
-/// ```
-pub struct GraceCell<T> {
-    ptr: crate::sync::AtomicPtr<T>,
-    domain: DomainRef,
-    writer: Mutex<()>,
-    /// The thread that holds `writer` (its [`thread_token`]), or 0: lets a writer that calls
-    /// back into its own cell (from `update`'s closure) panic instead of deadlocking.
-    writer_thread: crate::sync::AtomicUsize,
-}
-
-enum DomainRef {
-    Own(GraceDomain),
-    Shared(Arc<GraceDomain>),
-}
-
-impl DomainRef {
-    fn get(&self) -> &GraceDomain {
-        match self {
-            DomainRef::Own(d) => d,
-            DomainRef::Shared(d) => d,
-        }
-    }
-}
-
-// SAFETY: the cell owns a `T` (moved in and out by writers on any thread: `T: Send`) and hands
-// out `&T` to readers on any thread (`T: Sync`). Its other fields are thread-safe.
-unsafe impl<T: Send + Sync> Sync for GraceCell<T> {}
-// SAFETY: moving the cell moves the owned `T`.
-unsafe impl<T: Send> Send for GraceCell<T> {}
-
-impl<T> GraceCell<T> {
-    /// Creates a cell with its own [`GraceDomain`]: its readers delay only its own writers.
-    ///
-    /// ```
-    /// let c = drainable::GraceCell::new(1);
-    /// assert_eq!(*c.read(), 1);
-    /// ```
-    pub fn new(value: T) -> Self {
-        Self::with(value, DomainRef::Own(GraceDomain::new()))
-    }
-
-    /// Creates a cell in a shared domain. Saves the domain's memory and lets one grace period
-    /// serve writers of several cells; but a long read section of any cell in the domain then
-    /// delays the writers of all of them.
-    ///
-    /// ```
-    /// use drainable::{GraceCell, GraceDomain};
-    /// use std::sync::Arc;
-    ///
-    /// let domain = Arc::new(GraceDomain::new());
-    /// let a = GraceCell::with_domain(1, Arc::clone(&domain));
-    /// let b = GraceCell::with_domain("b", domain);
-    /// assert_eq!((a.replace(2), *b.read()), (1, "b"));
-    /// ```
-    pub fn with_domain(value: T, domain: Arc<GraceDomain>) -> Self {
-        Self::with(value, DomainRef::Shared(domain))
-    }
-
-    fn with(value: T, domain: DomainRef) -> Self {
-        GraceCell {
-            ptr: crate::sync::AtomicPtr::new(Box::into_raw(Box::new(value))),
-            domain,
-            writer: Mutex::new(()),
-            writer_thread: crate::sync::AtomicUsize::new(0),
-        }
-    }
-
-    /// Reads the current value. The guard is a read section of the cell's domain: while it
-    /// lives, the value it shows is not given back to any writer.
-    ///
-    /// Lock-free, never blocks, never fails: [`GraceDomain::enter`] plus one `Acquire` load.
-    ///
-    /// ```
-    /// let c = drainable::GraceCell::new(String::from("v1"));
-    /// let v = c.read();
-    /// assert_eq!(*v, "v1");
-    /// ```
-    #[inline]
-    #[must_use = "the value is readable only while the guard lives"]
-    pub fn read(&self) -> GraceGuard<'_, T> {
-        let section = self.domain.get().enter();
-        // Acquire: pairs with the writer's swap (publish → reader).
-        let ptr = self.ptr.load(Ordering::Acquire);
-        GraceGuard {
-            // SAFETY: the pointer came from `Box::into_raw` and is freed only after a grace
-            // period that began after it was unpublished; this section began before that.
-            value: unsafe { &*ptr },
-            _section: section,
-        }
-    }
-
-    /// Publishes `value`, waits until no reader can still see the old value, and returns it.
-    ///
-    /// Blocking: waits for other writers (a mutex), then for one grace period of the domain.
-    ///
-    /// # Panics
-    ///
-    /// In builds with `debug_assertions`, if the calling thread is inside a read section of the
-    /// cell's domain (it would wait for itself).
-    ///
-    /// ```
-    /// let c = drainable::GraceCell::new(1);
-    /// assert_eq!(c.replace(2), 1);
-    /// assert_eq!(*c.read(), 2);
-    /// ```
-    pub fn replace(&self, value: T) -> T {
-        let _writer = self.lock_writer("GraceCell::replace");
-        self.swap_and_wait(Box::new(value))
-    }
-
-    /// Computes the new value from the current one, publishes it, waits a grace period and
-    /// returns the old value. Writers are serialised, so no update is lost.
-    ///
-    /// # Panics
-    ///
-    /// As [`replace`](Self::replace). A panic in `f` leaves the value unchanged. If `f` itself
-    /// writes this cell (`replace` or `update`), that write panics, in every build: it would
-    /// wait forever for the writer lock this call holds. Return the new value from `f` instead.
-    ///
-    /// ```
-    /// let c = drainable::GraceCell::new(vec![1]);
-    /// let old = c.update(|v| {
-    ///     let mut v = v.clone();
-    ///     v.push(2);
-    ///     v
-    /// });
-    /// assert_eq!((old, c.read().clone()), (vec![1], vec![1, 2]));
-    /// ```
-    pub fn update(&self, f: impl FnOnce(&T) -> T) -> T {
-        let _writer = self.lock_writer("GraceCell::update");
-        // SAFETY: only writers replace the value, and we hold the writer lock, so the current
-        // value stays alive while `f` reads it.
-        let new = f(unsafe { &*self.ptr.load(Ordering::Acquire) });
-        self.swap_and_wait(Box::new(new))
-    }
-
-    fn swap_and_wait(&self, new: Box<T>) -> T {
-        let domain = self.domain.get();
-        track::assert_not_held(domain.id, "GraceCell::replace");
-        // AcqRel: Release publishes the new value to readers; Acquire takes ownership of the
-        // old one from the writer that published it.
-        let old = self.ptr.swap(Box::into_raw(new), Ordering::AcqRel);
-        domain.synchronize();
-        // SAFETY: `old` came from `Box::into_raw`, was unpublished before the grace period, and
-        // no section that could have loaded it is still running.
-        *unsafe { Box::from_raw(old) }
-    }
-
-    /// Mutable access; `&mut self` proves there is no reader.
-    ///
-    /// ```
-    /// let mut c = drainable::GraceCell::new(1);
-    /// *c.get_mut() += 1;
-    /// assert_eq!(*c.read(), 2);
-    /// ```
-    pub fn get_mut(&mut self) -> &mut T {
-        // SAFETY: `&mut self` excludes readers and writers; the pointer is a live Box.
-        unsafe { &mut *self.ptr.load(Ordering::Relaxed) }
-    }
-
-    /// Consumes the cell and returns the value.
-    ///
-    /// ```
-    /// let c = drainable::GraceCell::new(String::from("x"));
-    /// assert_eq!(c.into_inner(), "x");
-    /// ```
-    pub fn into_inner(self) -> T {
-        let this = std::mem::ManuallyDrop::new(self);
-        let ptr = this.ptr.load(Ordering::Relaxed);
-        // SAFETY: `this` is never dropped, so each field is read out exactly once.
-        let (domain, writer) =
-            unsafe { (std::ptr::read(&this.domain), std::ptr::read(&this.writer)) };
-        drop((domain, writer));
-        // `writer_thread` is a plain atomic: nothing to drop.
-        // SAFETY: the cell owned this Box; ownership moves to the caller.
-        *unsafe { Box::from_raw(ptr) }
-    }
-
-    /// The cell's domain.
-    ///
-    /// ```
-    /// let c = drainable::GraceCell::new(());
-    /// c.domain().synchronize();
-    /// ```
-    pub fn domain(&self) -> &GraceDomain {
-        self.domain.get()
-    }
-
-    /// Takes the writer lock, or panics if this thread already holds it (a write from inside
-    /// `update`'s closure), naming `op`.
-    #[track_caller]
-    fn lock_writer(&self, op: &str) -> WriterLock<'_> {
-        let me = thread_token();
-        // Relaxed: only this thread ever stores its own token, so reading it back means this
-        // thread holds the lock right now (it clears the token before unlocking).
-        if me != 0 && self.writer_thread.load(Ordering::Relaxed) == me {
-            writer_reentered(op);
-        }
-        let lock = self
-            .writer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Relaxed: read back only by this thread (above); other threads only compare it with
-        // their own, different tokens.
-        self.writer_thread.store(me, Ordering::Relaxed);
-        WriterLock {
-            owner: &self.writer_thread,
-            _lock: lock,
-        }
-    }
-}
-
-/// The writer lock of a [`GraceCell`] and the record of who holds it, cleared (on unwind too)
-/// before the lock is released.
-struct WriterLock<'a> {
-    owner: &'a crate::sync::AtomicUsize,
-    _lock: MutexGuard<'a, ()>,
-}
-
-impl Drop for WriterLock<'_> {
-    fn drop(&mut self) {
-        // Relaxed: as in `lock_writer`; runs before `_lock` unlocks.
-        self.owner.store(0, Ordering::Relaxed);
-    }
-}
-
-/// A number that tells the running thread apart from every other thread alive: the address of
-/// one of its thread-locals. 0 where that cannot be told (under loom, whose model threads share
-/// one OS thread, and during thread teardown), which disables the check.
-fn thread_token() -> usize {
-    #[cfg(not(drainable_loom))]
-    {
-        thread_local! {
-            static TOKEN: u8 = const { 0 };
-        }
-        TOKEN.try_with(|t| t as *const u8 as usize).unwrap_or(0)
-    }
-    #[cfg(drainable_loom)]
-    0
-}
-
-#[cold]
-#[inline(never)]
-#[track_caller]
-fn writer_reentered(op: &str) -> ! {
-    panic!(
-        "drainable: {op} called from inside GraceCell::update's closure on the same cell; it \
-         would wait forever for the writer lock that update holds. Return the new value from \
-         the closure instead."
-    );
-}
-
-impl<T> Drop for GraceCell<T> {
-    fn drop(&mut self) {
-        // SAFETY: `&mut self`: no reader or writer remains; the pointer is the cell's Box.
-        drop(unsafe { Box::from_raw(self.ptr.load(Ordering::Relaxed)) });
-    }
-}
-
-impl<T: Default> Default for GraceCell<T> {
-    /// A cell holding `T::default()` in its own domain.
-    ///
-    /// ```
-    /// let c: drainable::GraceCell<u8> = Default::default();
-    /// assert_eq!(*c.read(), 0);
-    /// ```
-    fn default() -> Self {
-        Self::new(T::default())
-    }
-}
-
-impl<T: fmt::Debug> fmt::Debug for GraceCell<T> {
-    /// Formats the current value (read inside a section).
-    ///
-    /// ```
-    /// let c = drainable::GraceCell::new(3);
-    /// assert_eq!(format!("{c:?}"), "GraceCell { value: 3, .. }");
-    /// ```
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GraceCell")
-            .field("value", &&*self.read())
-            .finish_non_exhaustive()
-    }
-}
-
-/// A read guard of a [`GraceCell`]: derefs to the value; a read section of the cell's domain
-/// until dropped. `!Send`, like [`ReadSection`].
-///
-/// ```
-/// let c = drainable::GraceCell::new([1, 2, 3]);
-/// let g = c.read();
-/// assert_eq!(g.iter().sum::<i32>(), 6);
-/// ```
-#[must_use = "the value is readable only while the guard lives"]
-pub struct GraceGuard<'a, T> {
-    value: &'a T,
-    _section: ReadSection<'a>,
-}
-
-impl<T> Deref for GraceGuard<'_, T> {
-    type Target = T;
-
-    #[inline]
-    fn deref(&self) -> &T {
-        self.value
-    }
-}
-
-impl<T: fmt::Debug> fmt::Debug for GraceGuard<'_, T> {
-    /// Formats the value.
-    ///
-    /// ```
-    /// let c = drainable::GraceCell::new(7);
-    /// assert_eq!(format!("{:?}", c.read()), "7");
-    /// ```
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self.value, f)
-    }
-}
-
 #[cfg(all(test, not(drainable_loom)))]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use std::sync::atomic::AtomicBool;
     use std::sync::mpsc;
     use std::thread;
 
-    use crate::tests::iters;
-
-    /// A thread inside a read section of `d` until the returned sender is used or dropped.
-    fn reader_inside<'s>(s: &'s thread::Scope<'s, '_>, d: &'s GraceDomain) -> mpsc::Sender<()> {
-        let (release, released) = mpsc::channel::<()>();
-        let (inside, is_inside) = mpsc::channel::<()>();
-        s.spawn(move || {
-            let section = d.enter();
-            inside.send(()).unwrap();
-            let _ = released.recv();
-            drop(section);
-        });
-        is_inside.recv().unwrap();
-        release
-    }
+    use crate::test_support::hold_on_thread;
 
     #[test]
     fn synchronize_without_readers_returns() {
@@ -916,7 +528,7 @@ mod tests {
         let d = GraceDomain::new();
         thread::scope(|s| {
             let cookie = d.start_grace_period();
-            let hold = reader_inside(s, &d); // began after the grace period started
+            let hold = hold_on_thread(s, || d.enter()); // began after the grace period started
             assert!(d.poll_grace_period(cookie));
             d.synchronize_timeout(Duration::ZERO).unwrap_err(); // but a new one must wait
             drop(hold);
@@ -928,7 +540,7 @@ mod tests {
     fn poll_is_non_blocking_and_completes_later() {
         let d = GraceDomain::new();
         thread::scope(|s| {
-            let hold = reader_inside(s, &d);
+            let hold = hold_on_thread(s, || d.enter());
             let cookie = d.start_grace_period();
             assert!(!d.poll_grace_period(cookie));
             assert!(!d.poll_grace_period(cookie));
@@ -943,7 +555,7 @@ mod tests {
     fn timeout_reports_and_a_later_call_completes() {
         let d = GraceDomain::new();
         thread::scope(|s| {
-            let hold = reader_inside(s, &d);
+            let hold = hold_on_thread(s, || d.enter());
             let e = d.synchronize_timeout(Duration::from_millis(2)).unwrap_err();
             assert_eq!(e, GraceTimeoutError(()));
             drop(hold);
@@ -955,7 +567,7 @@ mod tests {
     fn concurrent_synchronizers_share_grace_periods() {
         let d = GraceDomain::new();
         thread::scope(|s| {
-            let hold = reader_inside(s, &d);
+            let hold = hold_on_thread(s, || d.enter());
             let (asked, cookies) = mpsc::channel();
             let waiters: Vec<_> = (0..4)
                 .map(|_| {
@@ -1010,155 +622,5 @@ mod tests {
         let d = GraceDomain::new();
         let _s = d.enter();
         d.synchronize();
-    }
-
-    #[test]
-    #[cfg_attr(not(debug_assertions), ignore = "detection is a debug-build check")]
-    #[should_panic(expected = "GraceCell::replace called on a thread that holds")]
-    fn replace_inside_a_read_panics() {
-        let c = GraceCell::new(1);
-        let _r = c.read();
-        c.replace(2);
-    }
-
-    #[test]
-    #[should_panic(expected = "called from inside GraceCell::update's closure")]
-    fn update_whose_closure_writes_the_same_cell_panics() {
-        let c = GraceCell::new(1);
-        c.update(|v| {
-            c.replace(*v + 1);
-            *v + 2
-        });
-    }
-
-    #[test]
-    fn update_may_write_another_cell_and_the_lock_survives_a_panic() {
-        let a = GraceCell::new(1);
-        let b = GraceCell::new(10);
-        assert_eq!(a.update(|v| b.replace(*v) + 1), 1);
-        assert_eq!((*a.read(), *b.read()), (11, 1));
-        // A panicking closure leaves the cell writable (by this thread too).
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            a.update(|_| panic!("closure fails"))
-        }));
-        assert!(r.is_err());
-        assert_eq!(a.replace(12), 11);
-        // Another thread's writes are not mistaken for this thread's.
-        thread::scope(|s| {
-            s.spawn(|| a.update(|v| v + 1)).join().unwrap();
-        });
-        assert_eq!(*a.read(), 13);
-    }
-
-    #[test]
-    fn cell_replace_update_into_inner() {
-        let c = GraceCell::new(String::from("a"));
-        assert_eq!(c.replace("b".into()), "a");
-        assert_eq!(c.update(|s| format!("{s}c")), "b");
-        assert_eq!(*c.read(), "bc");
-        assert_eq!(c.into_inner(), "bc");
-    }
-
-    #[test]
-    fn values_are_dropped_exactly_once() {
-        struct Counted<'a>(&'a AtomicUsize);
-        impl Drop for Counted<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        let drops = AtomicUsize::new(0);
-        let c = GraceCell::new(Counted(&drops));
-        drop(c.replace(Counted(&drops)));
-        assert_eq!(drops.load(Ordering::Relaxed), 1);
-        drop(c);
-        assert_eq!(drops.load(Ordering::Relaxed), 2);
-        let c = GraceCell::new(Counted(&drops));
-        let v = c.into_inner();
-        assert_eq!(drops.load(Ordering::Relaxed), 2);
-        drop(v);
-        assert_eq!(drops.load(Ordering::Relaxed), 3);
-    }
-
-    /// Readers check a canary; the writer poisons each old value the moment `replace` hands it
-    /// back, then drops it. A reader that could still see an old value would see the poison
-    /// (and, under Miri, the free).
-    #[test]
-    fn replaced_values_are_unreachable_when_returned() {
-        const ALIVE: usize = 0x5AFE;
-        const POISON: usize = 0xDEAD;
-        struct Value {
-            canary: AtomicUsize,
-            generation: usize,
-        }
-        let cell = GraceCell::new(Value {
-            canary: AtomicUsize::new(ALIVE),
-            generation: 0,
-        });
-        let stop = AtomicBool::new(false);
-        let violations = AtomicUsize::new(0);
-        let reads = AtomicUsize::new(0);
-        thread::scope(|s| {
-            for _ in 0..2 {
-                s.spawn(|| {
-                    let mut last = 0;
-                    while !stop.load(Ordering::Relaxed) {
-                        let v = cell.read();
-                        if v.canary.load(Ordering::Relaxed) != ALIVE || v.generation < last {
-                            violations.fetch_add(1, Ordering::Relaxed);
-                        }
-                        last = v.generation;
-                        reads.fetch_add(1, Ordering::Relaxed);
-                    }
-                });
-            }
-            // Make sure readers are running before the writer starts retiring values.
-            while reads.load(Ordering::Relaxed) == 0 {
-                thread::yield_now();
-            }
-            for generation in 1..=iters(2000, 20) {
-                let old = cell.replace(Value {
-                    canary: AtomicUsize::new(ALIVE),
-                    generation,
-                });
-                old.canary.store(POISON, Ordering::Relaxed);
-                assert_eq!(old.generation, generation - 1);
-            }
-            stop.store(true, Ordering::Relaxed);
-        });
-        assert_eq!(violations.load(Ordering::Relaxed), 0);
-    }
-
-    #[test]
-    fn shared_domain_serves_several_cells() {
-        let domain = Arc::new(GraceDomain::new());
-        let a = GraceCell::with_domain(1, Arc::clone(&domain));
-        let b = GraceCell::with_domain(2, Arc::clone(&domain));
-        thread::scope(|s| {
-            // A reader of `a` delays writers of `b`: same domain.
-            let (inside, is_inside) = mpsc::channel();
-            let (release, released) = mpsc::channel::<()>();
-            let a = &a;
-            s.spawn(move || {
-                let r = a.read();
-                inside.send(()).unwrap();
-                let _ = released.recv();
-                drop(r);
-            });
-            is_inside.recv().unwrap();
-            assert!(domain.synchronize_timeout(Duration::ZERO).is_err());
-            drop(release);
-            assert_eq!(b.replace(3), 2);
-        });
-    }
-
-    #[test]
-    fn auto_traits() {
-        fn send_sync<X: Send + Sync>() {}
-        send_sync::<GraceDomain>();
-        send_sync::<GraceCell<String>>();
-        fn sync<X: Sync>() {}
-        sync::<ReadSection<'_>>();
-        sync::<GraceGuard<'_, u8>>();
     }
 }

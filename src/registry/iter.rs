@@ -1,0 +1,143 @@
+//! The callers' side: [`RegistryIter`] (from [`Registry::iter`]) and the [`EntryGuard`] it
+//! yields for each entry it gets into.
+
+use super::storage::Chunks;
+use super::{value, Registry, Slot};
+use crate::counter::{Counter, Shared};
+use crate::drainable::Guard;
+use crate::sync;
+use std::fmt;
+use std::ops::Deref;
+
+/// A registered value, held: a call into the entry is in flight while it lives, so the
+/// entry's removal waits for its drop. From [`Registry::iter`]; derefs to `T`.
+///
+/// `!Send`, like [`Guard`]: it is released on the thread that took it (which is what lets
+/// debug builds catch a thread removing an entry it holds). `Sync` when `T` is.
+///
+/// ```
+/// let r = drainable::Registry::new();
+/// let h = r.register(String::from("hook"));
+/// let g = r.iter().next().unwrap();
+/// assert_eq!(g.len(), 4);
+/// drop(g);
+/// r.unregister(h);
+/// ```
+#[must_use = "an EntryGuard that is not kept is released at once"]
+pub struct EntryGuard<'a, T, C: Counter = Shared> {
+    guard: Guard<'a, sync::UnsafeCell<Option<T>>, C>,
+}
+
+// SAFETY: sharing a `&EntryGuard` only gives out `&T`, fine across threads when `T: Sync`.
+unsafe impl<T: Sync, C: Counter> Sync for EntryGuard<'_, T, C> {}
+
+impl<T, C: Counter> Deref for EntryGuard<'_, T, C> {
+    type Target = T;
+
+    #[inline]
+    fn deref(&self) -> &T {
+        value(&*self.guard)
+    }
+}
+
+impl<T: fmt::Debug, C: Counter> fmt::Debug for EntryGuard<'_, T, C> {
+    /// Formats the value.
+    ///
+    /// ```
+    /// let r = drainable::Registry::new();
+    /// let h = r.register(3);
+    /// assert_eq!(format!("{:?}", r.iter().next().unwrap()), "3");
+    /// # r.unregister(h);
+    /// ```
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+/// The iterator of [`Registry::iter`]: yields an [`EntryGuard`] for each registered value
+/// it can reach, skipping entries being removed. Lock-free.
+///
+/// ```
+/// let r = drainable::Registry::new();
+/// let hs = [r.register(1), r.register(2)];
+/// let total: i32 = r.iter().map(|v| *v).sum();
+/// assert_eq!(total, 3);
+/// # r.unregister_all(hs);
+/// ```
+pub struct RegistryIter<'a, T, C: Counter = Shared> {
+    chunks: Chunks<'a, Slot<T, C>>,
+    slots: std::slice::Iter<'a, Slot<T, C>>,
+}
+
+impl<'a, T, C: Counter> RegistryIter<'a, T, C> {
+    /// An iterator over the slots of `chunks`.
+    pub(super) fn new(chunks: Chunks<'a, Slot<T, C>>) -> Self {
+        RegistryIter {
+            chunks,
+            slots: [].iter(),
+        }
+    }
+}
+
+// SAFETY: an `Iter` only gives out guards of a `&Registry`, which may be shared across threads
+// when `T: Send + Sync`; moving or sharing it is no different from moving or sharing that
+// reference.
+unsafe impl<T: Send + Sync, C: Counter> Send for RegistryIter<'_, T, C> {}
+// SAFETY: as for `Send`; `&Iter` exposes nothing.
+unsafe impl<T: Send + Sync, C: Counter> Sync for RegistryIter<'_, T, C> {}
+
+impl<'a, T, C: Counter> Iterator for RegistryIter<'a, T, C> {
+    type Item = EntryGuard<'a, T, C>;
+
+    #[inline]
+    fn next(&mut self) -> Option<EntryGuard<'a, T, C>> {
+        loop {
+            for slot in self.slots.by_ref() {
+                if let Some(guard) = slot.try_acquire() {
+                    return Some(EntryGuard { guard });
+                }
+            }
+            self.slots = self.chunks.next()?.iter();
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, Some(self.slots.len() + self.chunks.remaining()))
+    }
+}
+
+// Once `next` returns `None`, the chunks are exhausted and stay so.
+impl<T, C: Counter> std::iter::FusedIterator for RegistryIter<'_, T, C> {}
+
+impl<'a, T, C: Counter> IntoIterator for &'a Registry<T, C> {
+    type Item = EntryGuard<'a, T, C>;
+    type IntoIter = RegistryIter<'a, T, C>;
+
+    /// The same as [`Registry::iter`].
+    ///
+    /// ```
+    /// let r = drainable::Registry::new();
+    /// let h = r.register(2);
+    /// for v in &r {
+    ///     assert_eq!(*v, 2);
+    /// }
+    /// # r.unregister(h);
+    /// ```
+    fn into_iter(self) -> RegistryIter<'a, T, C> {
+        self.iter()
+    }
+}
+
+impl<T, C: Counter> fmt::Debug for RegistryIter<'_, T, C> {
+    /// Shows how many slots are left to visit.
+    ///
+    /// ```
+    /// let r = drainable::Registry::<()>::new();
+    /// assert_eq!(format!("{:?}", r.iter()), "RegistryIter { slots_left: 0 }");
+    /// ```
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryIter")
+            .field("slots_left", &(self.slots.len() + self.chunks.remaining()))
+            .finish()
+    }
+}
