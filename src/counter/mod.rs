@@ -7,6 +7,8 @@
 //! - [`PerCpu`]: guards are counted in cache-line-padded per-CPU slots; a close *folds* the
 //!   slots into one central count (see the module docs of `PerCpu`).
 
+pub(crate) mod per_cpu;
+
 use crate::fold::Folding;
 use crate::local::{self, LocalHold};
 use crate::state::{self, Refused};
