@@ -395,6 +395,10 @@ mod tests {
             lifecycle::phase(self.word.load(Ordering::Relaxed))
         }
 
+        fn is_open(&self) -> bool {
+            !lifecycle::is_closed(self.word.load(Ordering::Relaxed))
+        }
+
         /// Guards of this counter that sit in thread-local entries right now.
         fn local_guards(&self) -> usize {
             records::outstanding(self.counter.id)
@@ -468,7 +472,7 @@ mod tests {
             held_rx.recv().unwrap();
             let err = f.drain_timeout(Duration::ZERO).unwrap_err();
             assert_eq!(err, Outstanding(ENTRIES + 1));
-            assert_eq!(f.phase(), Phase::Open, "a timed drain that failed reopens");
+            assert!(f.is_open(), "a timed drain that failed reopens");
             go_tx.send(()).unwrap();
             f.drain();
             assert!(
