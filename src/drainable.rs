@@ -2,16 +2,16 @@
 //! borrow through lock-free guards and that a writer can close and wait out ("drain") before it
 //! unregisters, unloads or frees it.
 //!
-//! The lifecycle lives in one `u32` (see `state.rs` and `docs/design.md`), which is also the
-//! futex a drain sleeps on until the last guard's drop wakes it. Where guards are counted is
-//! the [`Counter`]'s business: in that word for [`Shared`]; for [`PerCpu`], in the taking
-//! thread's own entries (plain stores, `membarrier` on the drain side) or in per-CPU slots.
+//! The lifecycle lives in one `u32` (see `lifecycle/word.rs` and `docs/design.md`), which is
+//! also the futex a drain sleeps on until the last guard's drop wakes it. Where guards are
+//! counted is the [`Counter`]'s business: in that word for [`Shared`]; for [`PerCpu`], in the
+//! taking thread's own entries (plain stores, `membarrier` on the drain side) or in per-CPU
+//! slots. Each step below is one call into the counter, which owns its sequence.
 
 use crate::counter::sealed::CounterImpl;
-use crate::counter::{Counter, PerCpu, Shared};
-use crate::state::{self, Hold, Phase, Refused};
-use crate::sync::{AtomicU32, MutexGuard, Ordering};
-use crate::track;
+use crate::counter::{Close, Counter, Outstanding, PerCpu, Shared};
+use crate::lifecycle::{self, track, Hold, Open, Phase, Refused, Word};
+use crate::sync::Ordering;
 use std::error::Error;
 use std::fmt;
 use std::marker::PhantomData;
@@ -113,7 +113,7 @@ use std::time::{Duration, Instant};
 /// assert!(modules.iter().all(Drainable::is_drained));
 /// ```
 pub struct DrainableWith<T: ?Sized, C: Counter = Shared> {
-    pub(crate) state: AtomicU32,
+    pub(crate) state: Word,
     counter: C,
     /// The debug-build deadlock detector's key (zero-sized in release builds).
     key: track::Key,
@@ -209,7 +209,7 @@ impl<T> DrainableWith<T, Shared> {
         /// ```
         pub const fn new(value: T) -> Self {
             DrainableWith {
-                state: state::new_word(),
+                state: Word::new(),
                 counter: Shared,
                 key: track::Key::new(),
                 value,
@@ -227,7 +227,7 @@ impl<T> DrainableWith<T, PerCpu> {
     /// ```
     pub fn new(value: T) -> Self {
         DrainableWith {
-            state: state::new_word(),
+            state: Word::new(),
             counter: PerCpu::new_counter(),
             key: track::Key::new(),
             value,
@@ -240,7 +240,7 @@ impl<T, C: Counter> DrainableWith<T, C> {
     /// slots: no system call, no pass over the counters).
     pub(crate) fn new_drained(value: T) -> Self {
         DrainableWith {
-            state: state::new_drained_word(),
+            state: Word::new_drained(),
             counter: C::new_drained_counter(),
             key: track::Key::new(),
             value,
@@ -380,14 +380,7 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
     /// ```
     pub fn drain(&self) {
         track::assert_not_held(self.key.get(), "Drainable::drain");
-        let close = {
-            let _control = self.counter.lock_control();
-            if state::close_committed(&self.state, C::CLOSE_TOKEN) {
-                self.counter.closed(&self.state);
-            }
-            // Under the lock that orders closes: the close this drain took part in.
-            self.counter.current_close()
-        };
+        let close = self.counter.close(&self.state, Hold::Committed);
         let drained = self.wait(Hold::Committed, close, None);
         debug_assert!(drained.is_ok());
     }
@@ -421,7 +414,7 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
                 std::mem::forget(pending);
                 Ok(())
             }
-            Err(outstanding) => {
+            Err(Outstanding(outstanding)) => {
                 pending.undo();
                 Err(DrainTimeoutError { outstanding })
             }
@@ -449,13 +442,9 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
     /// ```
     #[must_use = "dropping a PendingDrain undoes it at once"]
     pub fn prepare_drain(&self) -> PendingDrain<'_, T, C> {
-        let _control = self.counter.lock_control();
-        if state::add_pending(&self.state, C::CLOSE_TOKEN) {
-            self.counter.closed(&self.state);
-        }
         PendingDrain {
             drainable: self,
-            close: self.counter.current_close(),
+            close: self.counter.close(&self.state, Hold::Pending),
         }
     }
 
@@ -478,12 +467,7 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
     /// assert!(d.try_acquire().is_some());
     /// ```
     pub fn reopen(&self) -> bool {
-        let _control = self.counter.lock_control();
-        let reopened = state::reopen(&self.state);
-        if reopened {
-            self.counter.opened(&self.state);
-        }
-        reopened
+        self.counter.open(&self.state, Open::Reopen)
     }
 
     /// Whether guards can currently be taken. A snapshot: another thread may change it.
@@ -496,7 +480,7 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
     /// # drop(p);
     /// ```
     pub fn is_open(&self) -> bool {
-        !state::is_closed(self.state.load(Ordering::Relaxed))
+        !lifecycle::is_closed(self.state.load(Ordering::Relaxed))
     }
 
     /// Whether a drain has completed: no guard exists and none can be taken until
@@ -513,7 +497,7 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
     /// ```
     pub fn is_drained(&self) -> bool {
         // Acquire: release → drainer, for callers that act on a `true`.
-        state::phase(self.state.load(Ordering::Acquire)) == Phase::Drained
+        lifecycle::phase(self.state.load(Ordering::Acquire)) == Phase::Drained
     }
 
     /// Mutable access to the value; `&mut self` proves no guard exists.
@@ -525,14 +509,6 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
     /// ```
     pub fn get_mut(&mut self) -> &mut T {
         &mut self.value
-    }
-
-    #[cfg(all(test, not(drainable_loom)))]
-    pub(crate) fn counter_id(&self) -> u64
-    where
-        C: crate::counter::sealed::CounterImpl,
-    {
-        self.counter.test_id()
     }
 
     /// Bytes this drainable allocated outside itself: 0 for a [`Drainable`], the slots for a
@@ -551,47 +527,16 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
         self.counter.outstanding(self.state.load(Ordering::Relaxed))
     }
 
-    /// The guard count to report when a timed wait gave up having seen `seen` in the word's
-    /// count field. For the single word that is the guard count itself (re-reading it could
-    /// see a guard dropped a moment later and claim "0 outstanding": found by loom). For
-    /// per-CPU counters the field holds the close's token; the count is read from the counter,
-    /// and is at least 1, since the drain had not completed at the deadline.
-    fn outstanding_at_timeout(&self, seen: u32) -> usize {
-        if C::CLOSE_TOKEN == 0 {
-            seen as usize
-        } else {
-            self.outstanding().max(1)
-        }
-    }
-
-    /// Waits until the close held by `hold` (the counter's number for it: `close`) has
-    /// drained: first for the guards the counter keeps outside the word (thread-local
-    /// entries), then for the word's count. On timeout returns the guards outstanding; the
-    /// hold stays in place.
-    ///
-    /// A committed hold's close may end without this waiter (another waiter saw it drained,
-    /// and it was reopened since): the waiter then returns without touching the word, so that
-    /// it never finishes, commits or marks drained a later close (docs/design.md §2a).
-    fn wait(&self, hold: Hold, close: u64, deadline: Option<Instant>) -> Result<(), usize> {
-        if self.counter.wait_held(&self.state, hold, close, deadline)? && hold == Hold::Committed {
-            // Drained or reopened since our close: done (a pending hold still has to trade
-            // itself in, below).
-            return Ok(());
-        }
-        state::wait_drained(&self.state, hold, deadline, || {
-            self.counter.is_current(close)
-        })
-        .map_err(|seen| self.outstanding_at_timeout(seen))
+    /// Waits until the close held by `hold` (`close`) has drained, or has ended since for a
+    /// committed hold (see [`CounterImpl::wait`]). On timeout returns the guards outstanding;
+    /// the hold stays in place.
+    fn wait(&self, hold: Hold, close: Close, deadline: Option<Instant>) -> Result<(), Outstanding> {
+        self.counter.wait(&self.state, hold, close, deadline)
     }
 
     /// Removes one pending close; reopens (and unfolds the counters) if it was the last close.
     fn undo_pending(&self) -> bool {
-        let _control: Option<MutexGuard<'_, ()>> = self.counter.lock_control();
-        let reopened = state::undo_pending(&self.state);
-        if reopened {
-            self.counter.opened(&self.state);
-        }
-        reopened
+        self.counter.open(&self.state, Open::Undo)
     }
 }
 
@@ -601,7 +546,7 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
 fn overflow() -> ! {
     panic!(
         "drainable: more than {} guards outstanding on one Drainable",
-        state::MAX_GUARDS
+        lifecycle::MAX_GUARDS
     )
 }
 
@@ -614,7 +559,7 @@ impl<T: Default, C: Counter> Default for DrainableWith<T, C> {
     /// ```
     fn default() -> Self {
         DrainableWith {
-            state: state::new_word(),
+            state: Word::new(),
             counter: C::new_counter(),
             key: track::Key::new(),
             value: T::default(),
@@ -631,7 +576,7 @@ impl<T, C: Counter> From<T> for DrainableWith<T, C> {
     /// ```
     fn from(value: T) -> Self {
         DrainableWith {
-            state: state::new_word(),
+            state: Word::new(),
             counter: C::new_counter(),
             key: track::Key::new(),
             value,
@@ -653,7 +598,7 @@ impl<T: ?Sized + fmt::Debug, C: Counter> fmt::Debug for DrainableWith<T, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let word = self.state.load(Ordering::Relaxed);
         f.debug_struct(C::NAME)
-            .field("state", &state::phase(word))
+            .field("state", &lifecycle::phase(word))
             .field("outstanding", &self.counter.outstanding(word))
             .field("value", &&self.value)
             .finish()
@@ -687,7 +632,7 @@ impl<T: ?Sized + fmt::Debug, C: Counter> fmt::Debug for DrainableWith<T, C> {
 #[must_use = "a guard that is not kept is released at once"]
 pub struct Guard<'a, T: ?Sized, C: Counter = Shared> {
     // A pointer, not a reference: the drop must not hold a reference to the drainable across
-    // the decrement that may let a drainer free it (see `state::release`).
+    // the decrement that may let a drainer free it (see `Word::release`).
     drainable: NonNull<DrainableWith<T, C>>,
     ticket: C::Ticket,
     _borrow: PhantomData<&'a DrainableWith<T, C>>,
@@ -830,8 +775,8 @@ impl<T: ?Sized + fmt::Debug, C: Counter> fmt::Debug for OwnedGuard<T, C> {
 #[must_use = "dropping a PendingDrain undoes it at once"]
 pub struct PendingDrain<'a, T: ?Sized, C: Counter = Shared> {
     drainable: &'a DrainableWith<T, C>,
-    /// The counter's number for the close this holds (it cannot change while this lives).
-    close: u64,
+    /// The counter's name for the close this holds (it cannot change while this lives).
+    close: Close,
 }
 
 impl<'a, T: ?Sized, C: Counter> PendingDrain<'a, T, C> {

@@ -63,7 +63,7 @@ pub struct GraceDomain {
     /// deadlock detector.
     id: u64,
     /// The futex word: the in-flight grace period's token in the count field, and `WAITING`.
-    word: AtomicU32,
+    word: state::Word,
     /// Where new read sections go: 0 or 1.
     phase: AtomicU32,
     phases: [Folding; 2],
@@ -154,7 +154,7 @@ impl GraceDomain {
     pub fn new() -> Self {
         GraceDomain {
             id: crate::sync::unique_id(),
-            word: state::new_word(),
+            word: state::Word::new(),
             phase: AtomicU32::new(0),
             // Phase 0 is current; phase 1 stays folded until the first grace period.
             phases: [Folding::new(), Folding::new_folded()],
@@ -322,7 +322,7 @@ impl GraceDomain {
             if self.poll_grace_period(cookie) {
                 return true;
             }
-            if !state::wait_zero(&self.word, deadline) {
+            if !self.word.wait_zero(deadline) {
                 return self.poll_grace_period(cookie);
             }
             // The token is back: the in-flight grace period's sections are gone. Complete it
@@ -362,9 +362,8 @@ impl GraceDomain {
         // for this grace period (writer's publish → reader).
         self.phase.store(old ^ 1, Ordering::Release);
         // The token the fold gives back once the old phase is empty.
-        // Relaxed: the fold's read-modify-writes order it.
-        self.word.fetch_add(state::ONE, Ordering::Relaxed);
-        self.phases[old as usize].fold(&self.word);
+        let token = self.word.add_token();
+        self.phases[old as usize].fold(&self.word, token);
         steps.started += 1;
     }
 

@@ -15,7 +15,7 @@
 //!   wherever the thread runs now. If the value returned has `FOLDED`, the count was folded into
 //!   `central`, so it also decrements `central`; whoever takes `central` to zero gives a *token*
 //!   back to the owner's lifecycle word, waking a waiter.
-//! - **Fold** (after the owner added one token to its word's count field): add `BIAS` to
+//! - **Fold** (handed one token the owner just added to its word's count field): add `BIAS` to
 //!   `central`, `fetch_or(FOLDED)` every slot, summing the counts returned, then subtract
 //!   `BIAS - sum`. Each slot's `fetch_or` is ordered with every increment on that slot: one
 //!   before it is counted; one after it sees `FOLDED` and is refused. So `central` becomes the
@@ -33,8 +33,8 @@
 //!   among themselves → the token release (`Release`) → the waiter's `Acquire`: everything done
 //!   by a holder happens-before the waiter returns.
 
-use crate::state;
-use crate::sync::{AtomicU32, AtomicU64, Ordering};
+use crate::lifecycle::{Token, Word};
+use crate::sync::{AtomicU64, Ordering};
 
 /// One cache-line-padded slot.
 #[repr(align(128))]
@@ -121,7 +121,7 @@ impl Folding {
     /// of `this`. After the call the owner may already be freed: the last access to it is the
     /// slot decrement, or, for a folded count, the token release on `word`.
     #[inline]
-    pub(crate) unsafe fn decrement(this: *const Self, index: u32, word: *const AtomicU32) {
+    pub(crate) unsafe fn decrement(this: *const Self, index: u32, word: *const Word) {
         // SAFETY: `this` is live (the caller's count keeps its owner from finishing a wait); the
         // slot and `central` addresses are computed before the decrement.
         let (slot, central) = unsafe {
@@ -142,9 +142,9 @@ impl Folding {
         // Otherwise the slot decrement was the last access: a later fold will not count it.
     }
 
-    /// Folds every slot into `central`. The caller has just added one token to `word`'s count
-    /// field; it is given back once nothing counted here is outstanding.
-    pub(crate) fn fold(&self, word: &AtomicU32) {
+    /// Folds every slot into `central`. `token` is one the caller just added to
+    /// `word`'s count field; it is given back once nothing counted here is outstanding.
+    pub(crate) fn fold(&self, word: &Word, token: Token) {
         // Relaxed: the bias is only arithmetic; the fold's RMWs below carry the ordering.
         let before = self.central.fetch_add(BIAS, Ordering::Relaxed);
         if before != 0 {
@@ -152,8 +152,10 @@ impl Folding {
             // its token returns when `central` reaches zero, which the bias now delays until
             // this fold is complete. One token is enough, so give ours back (the count field
             // stays at least one, so this wakes nobody).
-            // SAFETY: the caller added this token to the word.
-            unsafe { state::release(word) };
+            word.give_back(token);
+        } else {
+            // Out until `central` reaches zero: whoever takes it there gives it back.
+            token.stash();
         }
         let mut sum = 0u64;
         for slot in self.slots.iter() {
@@ -168,7 +170,7 @@ impl Folding {
     }
 
     /// Unfolds every slot, so that increments succeed again.
-    pub(crate) fn unfold(&self, word: &AtomicU32) {
+    pub(crate) fn unfold(&self, word: &Word) {
         let mut sum = 0u64;
         for slot in self.slots.iter() {
             // Release: what the opener did is visible to later incrementers on this slot.
@@ -203,15 +205,15 @@ impl Folding {
 /// `central` and `word` belong to one live owner, and `central` counts at least `n`.
 #[cold]
 #[inline(never)]
-unsafe fn release_folded(central: *const AtomicU64, word: *const AtomicU32, n: u64) {
+unsafe fn release_folded(central: *const AtomicU64, word: *const Word, n: u64) {
     // AcqRel: Acquire so the one that reaches zero has seen every other decrement (and the
     // accesses behind them) before it hands the token on; Release for this thread's own.
     // SAFETY: the caller guarantees `central` is live.
     let prev = unsafe { (*central).fetch_sub(n, Ordering::AcqRel) };
     debug_assert!(prev >= n, "central count underflow");
     if prev == n {
-        // SAFETY: the token was added for the fold this count belongs to, and is given back
-        // exactly once: by whoever takes `central` to zero.
-        unsafe { state::release(word) };
+        // SAFETY: the token stashed by the fold this count belongs to is reclaimed exactly
+        // once: by whoever takes `central` to zero. The caller guarantees `word` is live.
+        unsafe { Word::give_back_raw(word, Token::reclaim()) };
     }
 }

@@ -33,7 +33,7 @@
 //! freed the instant its last entry is 0.
 //!
 //! Where `membarrier` is missing at start-up (other kernels, seccomp) no record is handed
-//! out, and `PerCpu` counts every guard in its per-CPU slots (`fold.rs`), as it does for
+//! out, and `PerCpu` counts every guard in its per-CPU slots (`slots.rs`), as it does for
 //! [`OwnedGuard`](crate::OwnedGuard)s, which may be released on another thread, and for a
 //! thread that already holds [`ENTRIES`] guards.
 //!
@@ -73,8 +73,8 @@
 //! Ids, not addresses, mark entries: a guard leaked with `mem::forget` keeps its entry (one
 //! of its thread's four) forever, but no other drainable can ever mistake it for its own.
 
+use crate::lifecycle::{self, Hold, Refused, Word};
 use crate::signal_barrier::Handshake;
-use crate::state::{self, Hold, Refused};
 use crate::sync::{self, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -130,10 +130,10 @@ impl Record {
     }
 
     #[inline]
-    fn try_hold(&'static self, id: u64, word: &AtomicU32) -> Option<Result<LocalHold, Refused>> {
+    fn try_hold(&'static self, id: u64, word: &Word) -> Option<Result<LocalHold, Refused>> {
         // Relaxed: a hint. Once the close is visible no acquirer writes its entry, which bounds
         // what a drainer can find in the entries to acquirers that read "open" before it.
-        if state::is_closed(word.load(Ordering::Relaxed)) {
+        if lifecycle::is_closed(word.load(Ordering::Relaxed)) {
             return Some(Err(Refused::Closed));
         }
         // Acquire: only this thread claims entries of its record, but a guard of the record's
@@ -155,7 +155,7 @@ impl Record {
             entry,
         };
         // Acquire: open → acquirer (pairs with the Release of `reopen` / `undo`).
-        if state::is_closed(word.load(Ordering::Acquire)) {
+        if lifecycle::is_closed(word.load(Ordering::Acquire)) {
             // SAFETY: this thread just claimed the entry.
             unsafe { release(hold) };
             return Some(Err(Refused::Closed));
@@ -178,7 +178,7 @@ impl Record {
 /// has no record (no `membarrier`, or the thread is exiting) or all its entries are taken: the
 /// caller counts the guard elsewhere.
 #[inline]
-pub(crate) fn try_hold(id: u64, word: &AtomicU32) -> Option<Result<LocalHold, Refused>> {
+pub(crate) fn try_hold(id: u64, word: &Word) -> Option<Result<LocalHold, Refused>> {
     current()?.try_hold(id, word)
 }
 
@@ -215,22 +215,18 @@ pub(crate) fn outstanding(id: u64) -> usize {
 /// Waits, after a close of `word`, until no entry holds `id`, or until `deadline`
 /// (`Err`).
 ///
-/// Returns [`Waited::Over`] early once the drain is over: `word` says `DRAINED` (another
-/// waiter finished it), or, for a committed hold, its close has ended since (a reopen cleared
-/// `COMMITTED`, or `is_current` says a later close is in effect).
+/// Returns [`Waited::Over`] early once the word says the close `hold` holds is over
+/// ([`Word::close_is_over`]: drained, or, for a committed hold, ended since).
 pub(crate) fn wait_released(
     id: u64,
-    word: &AtomicU32,
+    word: &Word,
     hold: Hold,
     deadline: Option<Instant>,
     is_current: impl Fn() -> bool,
 ) -> Result<Waited, ()> {
-    let is_over = |word: u32| match hold {
-        Hold::Committed => state::committed_close_is_over(word, &is_current),
-        Hold::Pending => word & state::DRAINED != 0,
-    };
-    // Acquire: a drain already over is seen with what led to it (no barrier, no scan).
-    if is_over(word.load(Ordering::Acquire)) {
+    let is_over = || word.close_is_over(hold, &is_current);
+    // A drain already over needs no barrier and no scan.
+    if is_over() {
         return Ok(Waited::Over);
     }
     if !enabled() {
@@ -243,7 +239,7 @@ pub(crate) fn wait_released(
         if record.holds(id) == 0 {
             continue;
         }
-        match wait_record(record, id, word, &is_over, deadline)? {
+        match wait_record(record, id, &is_over, deadline)? {
             Waited::Clear => {}
             Waited::Over => return Ok(Waited::Over),
         }
@@ -263,8 +259,7 @@ pub(crate) enum Waited {
 fn wait_record(
     record: &Record,
     id: u64,
-    word: &AtomicU32,
-    is_over: &impl Fn(u32) -> bool,
+    is_over: &impl Fn() -> bool,
     deadline: Option<Instant>,
 ) -> Result<Waited, ()> {
     // Relaxed: ordered by the heavy barrier that follows.
@@ -292,8 +287,8 @@ fn wait_record(
         }
         // Acquire: pairs with the bump in `wake` (the entry cleared before it).
         let seq = record.seq.load(Ordering::Acquire);
-        // Acquire: a drain finished by another waiter, or a reopen, is seen with what led to it.
-        if is_over(word.load(Ordering::Acquire)) {
+        // A drain finished by another waiter, or a reopen, is seen with what led to it.
+        if is_over() {
             break Ok(Waited::Over);
         }
         if record.holds(id) == 0 {
@@ -309,8 +304,8 @@ fn wait_record(
             Some(deadline) => {
                 if sync::wait_until(&record.seq, seq, deadline)
                     && record.holds(id) != 0
-                    // Acquire: as above; a drain finished meanwhile is not a timeout.
-                    && !is_over(word.load(Ordering::Acquire))
+                    // A drain finished meanwhile is not a timeout.
+                    && !is_over()
                 {
                     break Err(());
                 }
@@ -660,24 +655,19 @@ pub(crate) mod membarrier {
 
 #[cfg(all(test, not(drainable_loom)))]
 mod tests {
-    use super::*;
-    use crate::PerCpuDrainable;
-    use std::sync::atomic::{AtomicBool, Ordering as O};
-    use std::sync::mpsc;
-    use std::thread;
-    use std::time::Duration;
+    //! The records on their own, with a lifecycle word and an id: what the per-CPU counter
+    //! makes of them (the slots, the tokens, the reports) is tested in `per_cpu/mod.rs`.
 
-    /// Guards of `d` that sit in thread-local entries right now.
-    fn local_guards<T>(d: &PerCpuDrainable<T>) -> usize {
-        outstanding(d.counter_id())
-    }
+    use super::*;
+    use crate::lifecycle::Closing;
+    use std::thread;
 
     #[test]
-    fn first_guards_use_entries_and_the_rest_the_slots() {
+    fn first_guards_use_the_free_entries() {
         if !enabled() {
             return; // no membarrier here: every guard is in the slots, tested elsewhere
         }
-        let d = PerCpuDrainable::new(5);
+        let (word, id) = (Word::new(), sync::unique_id());
         // This test thread may have been given the record of an exited thread that leaked
         // guards (other tests do): those entries stay taken.
         let free = current()
@@ -686,65 +676,21 @@ mod tests {
             .iter()
             .filter(|e| e.load(Ordering::Relaxed) == 0)
             .count();
-        let guards: Vec<_> = (0..free + 2).map(|_| d.try_acquire().unwrap()).collect();
+        let holds: Vec<_> = (0..free + 2).map(|_| try_hold(id, &word)).collect();
+        assert!(
+            holds[free..].iter().all(Option::is_none),
+            "past the free entries, the caller counts the guard elsewhere (the slots)"
+        );
         assert_eq!(
-            local_guards(&d),
+            outstanding(id),
             free,
             "one entry per guard, up to the free ones"
         );
-        let p = d.prepare_drain();
-        assert_eq!(p.outstanding(), free + 2, "entries and slots both counted");
-        let p = p.commit_timeout(Duration::ZERO).unwrap_err();
-        drop(guards);
-        assert_eq!(local_guards(&d), 0);
-        p.commit();
-        assert!(d.is_drained());
-    }
-
-    #[test]
-    fn drain_waits_for_entries_and_slots_held_on_another_thread() {
-        let d = PerCpuDrainable::new(0u32);
-        let released = AtomicBool::new(false);
-        thread::scope(|s| {
-            let (held_tx, held_rx) = mpsc::channel();
-            let (go_tx, go_rx) = mpsc::channel::<()>();
-            let (d, released) = (&d, &released);
-            s.spawn(move || {
-                // Past the entries, so the drain waits on both kinds of count.
-                let guards: Vec<_> = (0..ENTRIES + 1).map(|_| d.try_acquire().unwrap()).collect();
-                held_tx.send(()).unwrap();
-                let _ = go_rx.recv();
-                released.store(true, O::SeqCst);
-                drop(guards);
-            });
-            held_rx.recv().unwrap();
-            let err = d.drain_timeout(Duration::ZERO).unwrap_err();
-            assert_eq!(err.outstanding(), ENTRIES + 1);
-            assert!(d.is_open(), "a timed drain that failed reopens");
-            go_tx.send(()).unwrap();
-            d.drain();
-            assert!(
-                released.load(O::SeqCst),
-                "drain returned before the guards were dropped"
-            );
-        });
-    }
-
-    #[test]
-    fn a_forgotten_guard_never_blocks_another_drainable() {
-        let first = PerCpuDrainable::new(1);
-        std::mem::forget(first.try_acquire().unwrap());
-        assert_eq!(
-            first
-                .drain_timeout(Duration::ZERO)
-                .unwrap_err()
-                .outstanding(),
-            1
-        );
-        drop(first);
-        // Perhaps at the same address: ids, not addresses, mark the entries.
-        let second = PerCpuDrainable::new(2);
-        assert_eq!(second.drain_timeout(Duration::from_secs(60)), Ok(()));
+        for hold in holds.into_iter().flatten() {
+            // SAFETY: taken above, given back once.
+            unsafe { release(hold.unwrap()) };
+        }
+        assert_eq!(outstanding(id), 0);
     }
 
     #[test]
@@ -752,10 +698,11 @@ mod tests {
         if !enabled() {
             return;
         }
-        let d = PerCpuDrainable::new(());
+        let (word, id) = (Word::new(), sync::unique_id());
         let record = thread::scope(|s| {
             s.spawn(|| {
-                std::mem::forget(d.try_acquire().unwrap());
+                // Leaked: never given back.
+                let _hold = try_hold(id, &word).unwrap().unwrap();
                 current().unwrap() as *const Record as usize
             })
             .join()
@@ -765,11 +712,14 @@ mod tests {
         let record = unsafe { &*(record as *const Record) };
         // The thread is gone; another thread may already have claimed the record, but the
         // leaked entry stays: the drainable is never reported drained by mistake.
-        assert_eq!(record.holds(d.counter_id()), 1);
+        assert_eq!(record.holds(id), 1);
+        let (Closing::Began([]) | Closing::Joined) = word.close::<0>(Hold::Pending);
+        let deadline = Some(Instant::now());
         assert_eq!(
-            d.drain_timeout(Duration::ZERO).unwrap_err().outstanding(),
-            1
+            wait_released(id, &word, Hold::Pending, deadline, || true),
+            Err(())
         );
+        assert_eq!(outstanding(id), 1);
     }
 
     #[test]
@@ -777,10 +727,15 @@ mod tests {
         if !enabled() {
             return;
         }
-        let d = PerCpuDrainable::new(());
+        let (word, id) = (Word::new(), sync::unique_id());
         for _ in 0..crate::test_support::iters(20, 3) {
             thread::scope(|s| {
-                s.spawn(|| drop(d.try_acquire().unwrap()));
+                s.spawn(|| {
+                    if let Some(hold) = try_hold(id, &word) {
+                        // SAFETY: taken just above, given back once.
+                        unsafe { release(hold.unwrap()) };
+                    }
+                });
             });
         }
         // Twenty threads one after another need far fewer than twenty new records (other tests
@@ -790,6 +745,5 @@ mod tests {
             records < 64,
             "{records} records: exited threads' records are not reused"
         );
-        d.drain();
     }
 }

@@ -1,0 +1,121 @@
+//! The counter schemes behind one sealed trait. The lifecycle word and its transitions are
+//! written once (`lifecycle/word.rs`), and so is the public lifecycle (`drainable.rs`); a
+//! [`Counter`] decides where guards are counted and owns the whole sequence of each verb
+//! (acquire, release, close, open, wait): what a close or an open does to those counts, the
+//! lock that orders it, and how a drainer waits for them. The lifecycle code calls one verb
+//! per step and never asks which scheme it has.
+//!
+//! - [`Shared`] (`shared.rs`): guards are counted in the lifecycle word itself. Zero bytes.
+//! - [`PerCpu`] (`per_cpu/`): guards are counted in the taking thread's own record
+//!   (`per_cpu/records.rs`) or in cache-line-padded per-CPU slots that a close *folds* into one
+//!   central count (`per_cpu/slots.rs`).
+
+mod per_cpu;
+mod shared;
+
+pub use per_cpu::PerCpu;
+pub(crate) use per_cpu::{records, slots};
+pub use shared::Shared;
+
+/// How a drainable counts its guards: [`Shared`] (one word, the default) or [`PerCpu`].
+///
+/// Sealed: the crate's lifecycle code relies on each scheme's exact protocol, so the trait
+/// cannot be implemented outside this crate. Use it as a bound to write code generic over
+/// both kinds of drainable:
+///
+/// ```
+/// use drainable::{Counter, DrainableWith, Drainable, PerCpuDrainable};
+///
+/// fn call<T: Fn() -> u32, C: Counter>(hook: &DrainableWith<T, C>) -> Option<u32> {
+///     hook.try_acquire().map(|f| f())
+/// }
+/// assert_eq!(call(&Drainable::new(|| 1)), Some(1));
+/// assert_eq!(call(&PerCpuDrainable::new(|| 2)), Some(2));
+/// ```
+pub trait Counter: sealed::CounterImpl {}
+
+/// A waiter's name for the close it made or joined: the counter's number for it, taken under
+/// the lock that orders closes, right after the close (0 where closes are not numbered). A
+/// [`PendingDrain`](crate::PendingDrain) keeps it; it cannot change while that lives.
+///
+/// `pub` only because the sealed counter trait names it; not reachable from outside.
+#[allow(unreachable_pub)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Close(u64);
+
+/// The guards outstanding when a timed wait gave up.
+///
+/// `pub` only because the sealed counter trait names it; not reachable from outside.
+#[allow(unreachable_pub)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outstanding(pub(crate) usize);
+
+pub(crate) mod sealed {
+    use super::{Close, Outstanding};
+    use crate::lifecycle::{Hold, Open, Refused, Word};
+    use std::time::Instant;
+
+    /// The protocol a counter scheme implements: one method per verb of the lifecycle, each
+    /// owning its sequence. Private to the crate (the module is not reachable from outside),
+    /// so its methods are not part of the public API.
+    pub trait CounterImpl: Send + Sync + Sized + 'static {
+        /// What a guard remembers to give its count back (the slot index, or nothing).
+        type Ticket: Copy + Send + Sync + 'static;
+
+        /// The type's name in `Debug` output.
+        const NAME: &'static str;
+
+        fn new_counter() -> Self;
+
+        /// A counter in the state of a drained one (for a word made `COMMITTED | DRAINED`).
+        fn new_drained_counter() -> Self;
+
+        /// Takes one guard count, or refuses once closed. The guard is released on this thread.
+        fn try_acquire(&self, word: &Word) -> Result<Self::Ticket, Refused>;
+
+        /// As [`try_acquire`](Self::try_acquire), for a guard that may be released on another
+        /// thread.
+        #[inline]
+        fn try_acquire_owned(&self, word: &Word) -> Result<Self::Ticket, Refused> {
+            self.try_acquire(word)
+        }
+
+        /// Gives back the count named by `ticket`.
+        ///
+        /// # Safety
+        /// `this` and `word` belong to one live drainable on which the caller owns that count.
+        /// After the call the drainable may already be freed.
+        unsafe fn release(this: *const Self, word: *const Word, ticket: Self::Ticket);
+
+        /// Closes `word` for `hold` (`Committed`: `drain`; `Pending`: `prepare_drain`), with
+        /// the pass over this counter's counts that a close of an open word needs, and returns
+        /// the name of the close in effect, which the caller made or joined.
+        fn close(&self, word: &Word, hold: Hold) -> Close;
+
+        /// Opens `word` ([`Open::Reopen`] after a drain, [`Open::Undo`] of one pending close),
+        /// with the pass that an opening needs. Returns `true` if this opened the word.
+        fn open(&self, word: &Word, how: Open) -> bool;
+
+        /// Waits until the close `close` (from [`close`](Self::close), held by `hold`) has
+        /// drained, or, for a committed hold, has ended since; or until `deadline`, with the
+        /// guards outstanding. On timeout the hold stays in place.
+        ///
+        /// A committed hold's close may end without this waiter (another waiter saw it
+        /// drained, and it was reopened since): the waiter then returns without touching the
+        /// word, so that it never finishes, commits or marks drained a later close
+        /// (docs/design.md §2a).
+        fn wait(
+            &self,
+            word: &Word,
+            hold: Hold,
+            close: Close,
+            deadline: Option<Instant>,
+        ) -> Result<(), Outstanding>;
+
+        /// Guards outstanding, for reports (a snapshot), given a value of the word.
+        fn outstanding(&self, word: u32) -> usize;
+
+        /// Bytes this counter uses outside the drainable itself.
+        fn heap_bytes(&self) -> usize;
+    }
+}
