@@ -9,8 +9,8 @@
 
 use crate::fold::Folding;
 use crate::local::{self, LocalHold};
+use crate::platform::{self as sync, AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering};
 use crate::state::{self, Refused};
-use crate::sync::{self, AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering};
 use std::fmt;
 
 /// How a drainable counts its guards: [`Shared`] (one word, the default) or [`PerCpu`].

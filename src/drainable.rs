@@ -9,8 +9,8 @@
 
 use crate::counter::sealed::CounterImpl;
 use crate::counter::{Counter, PerCpu, Shared};
+use crate::platform::{AtomicU32, MutexGuard, Ordering};
 use crate::state::{self, Hold, Phase, Refused};
-use crate::sync::{AtomicU32, MutexGuard, Ordering};
 use crate::track;
 use std::error::Error;
 use std::fmt;

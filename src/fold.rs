@@ -33,8 +33,8 @@
 //!   among themselves → the token release (`Release`) → the waiter's `Acquire`: everything done
 //!   by a holder happens-before the waiter returns.
 
+use crate::platform::{AtomicU32, AtomicU64, Ordering};
 use crate::state;
-use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
 /// One cache-line-padded slot.
 #[repr(align(128))]

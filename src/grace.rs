@@ -38,8 +38,8 @@
 //! periods instead of queueing one each.
 
 use crate::fold::Folding;
+use crate::platform::{AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering};
 use crate::state;
-use crate::sync::{AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering};
 use crate::track;
 use std::fmt;
 use std::marker::PhantomData;

@@ -73,9 +73,9 @@
 //! Ids, not addresses, mark entries: a guard leaked with `mem::forget` keeps its entry (one
 //! of its thread's four) forever, but no other drainable can ever mistake it for its own.
 
-use crate::signal_barrier::Handshake;
+use crate::platform::signal_barrier::Handshake;
+use crate::platform::{self, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use crate::state::{self, Hold, Refused};
-use crate::sync::{self, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
 /// Entries per record: guards one thread can hold at once on the thread-local path (further
@@ -204,7 +204,7 @@ pub(crate) unsafe fn release(hold: LocalHold) {
 fn wake(record: &Record) {
     // Release: a drainer that reads the new `seq` sees the entry cleared.
     record.seq.fetch_add(1, Ordering::Release);
-    sync::wake_all(&record.seq);
+    platform::wake_all(&record.seq);
 }
 
 /// Guards of `id` on the thread-local path, as a snapshot.
@@ -283,7 +283,7 @@ fn wait_record(
     // that cleared it before is seen by the loads below. Also orders the `waiters` increment
     // before the word load, against `wake_waiters` (a reopen).
     let barrier = heavy_barrier(deadline);
-    let mut spins = sync::SPIN_LIMIT;
+    let mut spins = platform::SPIN_LIMIT;
     loop {
         if barrier.is_err() {
             // The deadline passed inside the barrier (the signal barrier, waiting for a
@@ -301,13 +301,13 @@ fn wait_record(
         }
         if spins > 0 {
             spins -= 1;
-            sync::spin_hint();
+            platform::spin_hint();
             continue;
         }
         match deadline {
-            None => sync::wait(&record.seq, seq),
+            None => platform::wait(&record.seq, seq),
             Some(deadline) => {
-                if sync::wait_until(&record.seq, seq, deadline)
+                if platform::wait_until(&record.seq, seq, deadline)
                     && record.holds(id) != 0
                     // Acquire: as above; a drain finished meanwhile is not a timeout.
                     && !is_over(word.load(Ordering::Acquire))
@@ -329,7 +329,7 @@ pub(crate) fn wake_waiters() {
     // SeqCst: the reopen (an RMW on the word, before this) and the loads of `waiters` below
     // against a waiter's increment and heavy barrier before its load of the word: one of the
     // two sees the other.
-    sync::fence(Ordering::SeqCst);
+    platform::fence(Ordering::SeqCst);
     for record in records() {
         // Relaxed: ordered by the fence above.
         if record.waiters.load(Ordering::Relaxed) != 0 {
@@ -343,9 +343,9 @@ pub(crate) fn wake_waiters() {
 #[inline(always)]
 fn light_barrier() {
     #[cfg(not(any(miri, drainable_loom)))]
-    sync::compiler_fence(Ordering::SeqCst);
+    platform::compiler_fence(Ordering::SeqCst);
     #[cfg(any(miri, drainable_loom))]
-    sync::fence(Ordering::SeqCst);
+    platform::fence(Ordering::SeqCst);
 }
 
 /// `membarrier`, or the signal barrier once `membarrier` is refused (see the module docs).
@@ -355,7 +355,7 @@ fn light_barrier() {
 fn heavy_barrier(deadline: Option<Instant>) -> Result<(), ()> {
     // The language-level half: pairs with the `SeqCst` fence of `wake_waiters` (and costs
     // nothing next to the system call).
-    sync::fence(Ordering::SeqCst);
+    platform::fence(Ordering::SeqCst);
     #[cfg(not(any(miri, drainable_loom)))]
     return membarrier::expedited(deadline);
     #[cfg(any(miri, drainable_loom))]
@@ -519,7 +519,7 @@ fn current() -> Option<&'static Record> {
         }
         // No record if forks cannot be watched (only for lack of memory): a fork child could
         // not tell its records' owners apart, and the slots are always sound.
-        let record = if enabled() && crate::signal_barrier::watch_forks(after_fork) {
+        let record = if enabled() && crate::platform::signal_barrier::watch_forks(after_fork) {
             // During thread exit (OWNER already gone) no record is claimed.
             OWNER
                 .try_with(|owner| {
@@ -580,7 +580,7 @@ pub(crate) mod membarrier {
 
     #[cfg(any(target_os = "linux", target_os = "android"))]
     mod sys {
-        use crate::signal_barrier;
+        use crate::platform::signal_barrier;
 
         // From <linux/membarrier.h>.
         const CMD_QUERY: libc::c_int = 0;

@@ -28,7 +28,9 @@
 
 use crate::counter::{Counter, PerCpu, Shared};
 use crate::drainable::{DrainTimeoutError, DrainableWith, Guard, PendingDrain};
-use crate::sync::{self, AtomicPtr, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
+use crate::platform::{
+    self as sync, AtomicPtr, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering,
+};
 use std::error::Error;
 use std::fmt;
 use std::marker::PhantomData;

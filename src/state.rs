@@ -68,7 +68,7 @@
 //! the last give-back is the one that reopens. Nothing else changes: a spilled close is as
 //! closed as any other, and no operation waits for the lock but one that adds or gives back a
 //! close at the limit, or steps the field up to it.
-use crate::sync::{self, AtomicU32, Ordering};
+use crate::platform::{self as sync, AtomicU32, Ordering};
 use crate::table;
 use std::time::Instant;
 

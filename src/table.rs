@@ -16,7 +16,7 @@
 //! list; a shard lock is taken only on cold paths (a drainable with that many reversible closes
 //! live at once), never by a guard.
 
-use crate::sync::{Mutex, MutexGuard};
+use crate::platform::{Mutex, MutexGuard};
 
 /// What the table keeps for one drainable.
 #[derive(Debug, Default)]

@@ -158,7 +158,7 @@ mod stub {
 ))]
 mod linux {
     use crate::local::membarrier::each_record;
-    use crate::sync::{self, AtomicBool, AtomicU32, AtomicU64, Ordering};
+    use crate::platform::{self, AtomicBool, AtomicU32, AtomicU64, Ordering};
     use std::sync::OnceLock;
     use std::time::{Duration, Instant};
 
@@ -206,7 +206,7 @@ mod linux {
             // SeqCst: pairs with the `SeqCst` fence between a drainer's close and its reads
             // of the words: either that barrier reads this stamp (and signals this thread),
             // or this thread's later loads of the word see the close.
-            sync::fence(Ordering::SeqCst);
+            platform::fence(Ordering::SeqCst);
         }
 
         /// Gives up the ownership: the calling thread, the owner, will not write the
@@ -234,7 +234,7 @@ mod linux {
             let request = self.requests.load(Ordering::Acquire);
             // SeqCst: the full barrier in this thread's instruction stream; orders the entry
             // writes of the interrupted code before the acknowledgement.
-            sync::fence(Ordering::SeqCst);
+            platform::fence(Ordering::SeqCst);
             // Relaxed: the CAS below orders what matters.
             let mut acks = self.acks.load(Ordering::Relaxed);
             while !reached(acks, request) {
@@ -346,7 +346,7 @@ mod linux {
         }
         // SeqCst: a thread found gone was found so by a system call, not by a load: this
         // orders that answer before the caller's scan (and pairs with nothing else).
-        sync::fence(Ordering::SeqCst);
+        platform::fence(Ordering::SeqCst);
         Ok(())
     }
 
@@ -397,7 +397,7 @@ mod linux {
         fn wait(&mut self, signal: libc::c_int, deadline: Option<Instant>) -> Result<(), ()> {
             let start = Instant::now();
             let mut check_at = start + CHECK_EVERY;
-            let mut spins = sync::SPIN_LIMIT;
+            let mut spins = platform::SPIN_LIMIT;
             let mut reported = false;
             loop {
                 if self.done() {
@@ -412,7 +412,7 @@ mod linux {
                 }
                 if spins > 0 {
                     spins -= 1;
-                    sync::spin_hint();
+                    platform::spin_hint();
                     continue;
                 }
                 if self.state == Sent::Full {
@@ -423,7 +423,7 @@ mod linux {
                     let acks = self.handshake.acks.load(Ordering::Relaxed);
                     if !reached(acks, self.request) {
                         let until = deadline.map_or(check_at, |d| d.min(check_at));
-                        sync::wait_until(&self.handshake.acks, acks, until);
+                        platform::wait_until(&self.handshake.acks, acks, until);
                     }
                 }
                 let now = Instant::now();
@@ -464,7 +464,7 @@ mod linux {
         fn reap(&self) {
             // SeqCst: orders the system call's answer (the thread is gone, after its last
             // writes) before the give-back below.
-            sync::fence(Ordering::SeqCst);
+            platform::fence(Ordering::SeqCst);
             // Relaxed: the CAS only elects one reaper for this generation; the `in_use`
             // store publishes.
             if self
