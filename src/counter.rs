@@ -384,11 +384,7 @@ impl sealed::CounterImpl for PerCpu {
         // Nothing under the lock panics halfway through a change (the only panic left there
         // is the signal barrier's "no sound barrier", which changes nothing before it), so a
         // poisoned lock guards consistent state.
-        Some(
-            self.control
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+        Some(self.control.lock())
     }
 
     fn closed(&self, word: &AtomicU32) {

@@ -406,17 +406,11 @@ impl GraceDomain {
 
     fn lock_steps(&self) -> MutexGuard<'_, Steps> {
         // Nothing under the lock can panic halfway through a change.
-        self.steps
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.steps.lock()
     }
 
     fn try_lock_steps(&self) -> Option<MutexGuard<'_, Steps>> {
-        match self.steps.try_lock() {
-            Ok(g) => Some(g),
-            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) => None,
-        }
+        self.steps.try_lock()
     }
 
     /// Bytes the domain allocated outside itself (both phases' slots).
@@ -738,10 +732,7 @@ impl<T> GraceCell<T> {
         if me != 0 && self.writer_thread.load(Ordering::Relaxed) == me {
             writer_reentered(op);
         }
-        let lock = self
-            .writer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let lock = self.writer.lock();
         // Relaxed: read back only by this thread (above); other threads only compare it with
         // their own, different tokens.
         self.writer_thread.store(me, Ordering::Relaxed);

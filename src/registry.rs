@@ -29,7 +29,7 @@
 use crate::counter::{Counter, PerCpu, Shared};
 use crate::drainable::{DrainTimeoutError, DrainableWith, Guard, PendingDrain};
 use crate::platform::{
-    self as sync, AtomicPtr, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering,
+    self as sync, AtomicPtr, AtomicU64, AtomicUsize, MutexGuard, Ordering, PoisoningMutex as Mutex,
 };
 use std::error::Error;
 use std::fmt;

@@ -73,9 +73,7 @@ pub(crate) fn lock(addr: usize) -> Locked {
     Locked {
         // Nothing under a shard lock can panic halfway through a change (plain arithmetic
         // on an entry), so a poisoned lock holds consistent data.
-        entries: shard(addr)
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner),
+        entries: shard(addr).lock(),
         addr,
     }
 }

@@ -5,18 +5,19 @@
 //! Nothing outside this module names `std::sync::atomic`, `loom`, `libc` or `atomic-wait`.
 
 mod futex;
+mod mutex;
 pub(crate) mod signal_barrier;
 
+pub(crate) use mutex::{Mutex, MutexGuard, PoisoningMutex};
+
 #[cfg(not(drainable_loom))]
-pub(crate) use std::sync::{
-    atomic::{fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering},
-    Mutex, MutexGuard,
+pub(crate) use std::sync::atomic::{
+    fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
 };
 
 #[cfg(drainable_loom)]
-pub(crate) use loom::sync::{
-    atomic::{fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering},
-    Mutex, MutexGuard,
+pub(crate) use loom::sync::atomic::{
+    fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
 };
 
 /// Only the real builds use it: under Miri and loom the acquirer side runs a full fence.

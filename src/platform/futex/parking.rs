@@ -3,16 +3,15 @@
 //! waker takes the same lock after its decrement, so a waiter either sees the new value or is
 //! in the table when the waker looks. Only the cold paths (a timed drain, the final wake) use it.
 
-use crate::platform::{AtomicU32, Ordering};
-use std::sync::Mutex;
+use crate::platform::{AtomicU32, Mutex, MutexGuard, Ordering};
 use std::thread::{self, Thread};
 use std::time::Duration;
 
+/// A panic while holding this lock cannot leave the table inconsistent (push/retain).
 static PARKED: Mutex<Vec<(usize, Thread)>> = Mutex::new(Vec::new());
 
-fn table() -> std::sync::MutexGuard<'static, Vec<(usize, Thread)>> {
-    // A panic while holding this lock cannot leave the table inconsistent (push/retain).
-    PARKED.lock().unwrap_or_else(|e| e.into_inner())
+fn table() -> MutexGuard<'static, Vec<(usize, Thread)>> {
+    PARKED.lock()
 }
 
 pub(super) fn park_timeout(word: &AtomicU32, expected: u32, timeout: Duration) {
