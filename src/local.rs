@@ -73,8 +73,7 @@
 //! Ids, not addresses, mark entries: a guard leaked with `mem::forget` keeps its entry (one
 //! of its thread's four) forever, but no other drainable can ever mistake it for its own.
 
-use crate::platform::signal_barrier::Handshake;
-use crate::platform::{self, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use crate::platform::{self, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Handshake, Ordering};
 use crate::state::{self, Hold, Refused};
 use std::time::Instant;
 
@@ -338,41 +337,24 @@ pub(crate) fn wake_waiters() {
     }
 }
 
-/// The orderings of the acquirer side: a compiler fence where the drainer side runs
-/// `membarrier`; a `SeqCst` fence under Miri and loom, which model the pair.
+/// The acquirer side's half of the handshake (see the module docs).
 #[inline(always)]
 fn light_barrier() {
-    #[cfg(not(any(miri, drainable_loom)))]
-    platform::compiler_fence(Ordering::SeqCst);
-    #[cfg(any(miri, drainable_loom))]
-    platform::fence(Ordering::SeqCst);
+    platform::light_barrier();
 }
 
-/// `membarrier`, or the signal barrier once `membarrier` is refused (see the module docs).
-/// `Err` only if `deadline` passed while the signal barrier waited for a thread (the barrier
-/// is then incomplete: the caller times out). Panics, saying why, only when neither barrier
-/// can be made (`signal_barrier.rs`).
+/// The drainer side's half: `membarrier`, or the signal barrier once `membarrier` is refused
+/// (see the module docs). `Err` only if `deadline` passed while the signal barrier waited for
+/// a thread (the barrier is then incomplete: the caller times out).
 fn heavy_barrier(deadline: Option<Instant>) -> Result<(), ()> {
-    // The language-level half: pairs with the `SeqCst` fence of `wake_waiters` (and costs
-    // nothing next to the system call).
-    platform::fence(Ordering::SeqCst);
-    #[cfg(not(any(miri, drainable_loom)))]
-    return membarrier::expedited(deadline);
-    #[cfg(any(miri, drainable_loom))]
-    {
-        let _ = deadline;
-        Ok(())
-    }
+    platform::heavy_barrier::<RecordList>(deadline)
 }
 
 /// Whether records are handed out at all (decided once per process, on first call: a
 /// `membarrier` registration, which may wait for an RCU grace period in the kernel, so
 /// `PerCpu::new` calls it rather than a guard's first use).
 pub(crate) fn enabled() -> bool {
-    #[cfg(not(any(miri, drainable_loom)))]
-    return membarrier::registered();
-    #[cfg(any(miri, drainable_loom))]
-    return true;
+    platform::heavy_barrier_registered()
 }
 
 /// The records, newest first.
@@ -519,7 +501,7 @@ fn current() -> Option<&'static Record> {
         }
         // No record if forks cannot be watched (only for lack of memory): a fork child could
         // not tell its records' owners apart, and the slots are always sound.
-        let record = if enabled() && crate::platform::signal_barrier::watch_forks(after_fork) {
+        let record = if enabled() && platform::watch_forks(after_fork) {
             // During thread exit (OWNER already gone) no record is claimed.
             OWNER
                 .try_with(|owner| {
@@ -562,98 +544,15 @@ fn current() -> Option<&'static Record> {
     })
 }
 
-/// `membarrier(2)`: registration once per process, then the expedited barrier, or the signal
-/// barrier once `membarrier` is refused.
-#[cfg(not(any(miri, drainable_loom)))]
-pub(crate) mod membarrier {
-    /// Calls `f` with every record's handshake and `in_use` flag, for the signal barrier,
-    /// which also calls this from its signal handler: it only loads atomics and the records'
+/// The record list, for the signal barrier, which signals the owner of every record.
+pub(crate) struct RecordList;
+
+impl platform::Owners for RecordList {
+    /// Also called from the signal barrier's handler: it only loads atomics and the records'
     /// `next` (immutable once published), and allocates nothing.
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    pub(crate) fn each_record(
-        mut f: impl FnMut(&'static super::Handshake, &'static super::AtomicBool),
-    ) {
-        for record in super::records() {
+    fn each(mut f: impl FnMut(&'static Handshake, &'static AtomicBool)) {
+        for record in records() {
             f(&record.handshake, &record.in_use);
-        }
-    }
-
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    mod sys {
-        use crate::platform::signal_barrier;
-
-        // From <linux/membarrier.h>.
-        const CMD_QUERY: libc::c_int = 0;
-        const CMD_PRIVATE_EXPEDITED: libc::c_int = 1 << 3;
-        const CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_int = 1 << 4;
-
-        fn call(cmd: libc::c_int) -> libc::c_long {
-            // SAFETY: membarrier takes no pointers; flags 0, cpu_id 0.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_membarrier,
-                    cmd,
-                    0 as libc::c_uint,
-                    0 as libc::c_int,
-                )
-            }
-        }
-
-        /// Queries and registers; `false` if the kernel (or a seccomp filter) refuses.
-        pub(super) fn register() -> bool {
-            if std::env::var_os("DRAINABLE_NO_MEMBARRIER").is_some() {
-                return false;
-            }
-            if signal_barrier::forced() {
-                // The testing aid: records as usual, every heavy barrier made of signals.
-                signal_barrier::activate();
-                return true;
-            }
-            let supported = call(CMD_QUERY);
-            let needed = (CMD_PRIVATE_EXPEDITED | CMD_REGISTER_PRIVATE_EXPEDITED) as libc::c_long;
-            supported >= 0
-                && supported & needed == needed
-                && call(CMD_REGISTER_PRIVATE_EXPEDITED) == 0
-        }
-
-        pub(super) fn expedited(deadline: Option<std::time::Instant>) -> Result<(), ()> {
-            if !signal_barrier::active() {
-                if call(CMD_PRIVATE_EXPEDITED) == 0 {
-                    return Ok(());
-                }
-                // Refused after registration (it has no EINTR): a seccomp filter installed
-                // since, as sandboxes do. Records are out, so a barrier is still needed: from
-                // now on, for good, every heavy barrier signals the records' owners instead.
-                signal_barrier::activate();
-            }
-            signal_barrier::barrier(deadline)
-        }
-    }
-
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    mod sys {
-        pub(super) fn register() -> bool {
-            false
-        }
-        pub(super) fn expedited(_deadline: Option<std::time::Instant>) -> Result<(), ()> {
-            Ok(())
-        }
-    }
-
-    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-
-    /// Whether the process is registered for expedited barriers. Decided once; every caller
-    /// sees the same answer (the `OnceLock` orders it), so no acquirer can skip the barrier
-    /// a drainer relies on.
-    pub(super) fn registered() -> bool {
-        *REGISTERED.get_or_init(sys::register)
-    }
-
-    pub(super) fn expedited(deadline: Option<std::time::Instant>) -> Result<(), ()> {
-        if registered() {
-            sys::expedited(deadline)
-        } else {
-            Ok(())
         }
     }
 }

@@ -5,9 +5,13 @@
 //! Nothing outside this module names `std::sync::atomic`, `loom`, `libc` or `atomic-wait`.
 
 mod futex;
+mod membarrier;
 mod mutex;
-pub(crate) mod signal_barrier;
+mod signal_barrier;
 
+pub(crate) use membarrier::{
+    heavy_barrier, heavy_barrier_registered, light_barrier, watch_forks, Handshake, Owners,
+};
 pub(crate) use mutex::{Mutex, MutexGuard, PoisoningMutex};
 
 #[cfg(not(drainable_loom))]
