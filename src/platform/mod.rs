@@ -4,6 +4,7 @@
 //!
 //! Nothing outside this module names `std::sync::atomic`, `loom`, `libc` or `atomic-wait`.
 
+pub(crate) mod cpu;
 mod futex;
 mod membarrier;
 mod mutex;
