@@ -80,10 +80,7 @@ use std::time::Instant;
 /// Entries per record: guards one thread can hold at once on the thread-local path (further
 /// ones use the per-CPU slots). Two under loom, where every entry read is a branch point, and
 /// Miri: the tests then reach the overflow into the slots with a third guard.
-#[cfg(not(any(miri, drainable_loom)))]
-pub(crate) const ENTRIES: usize = 4;
-#[cfg(any(miri, drainable_loom))]
-pub(crate) const ENTRIES: usize = 2;
+pub(crate) const ENTRIES: usize = if platform::MODEL { 2 } else { 4 };
 
 /// One thread's entries and the futex its drainers sleep on.
 #[repr(align(128))]
@@ -369,20 +366,10 @@ fn records() -> impl Iterator<Item = &'static Record> {
     })
 }
 
-#[cfg(not(drainable_loom))]
-fn head() -> &'static AtomicPtr<Record> {
-    static HEAD: AtomicPtr<Record> = AtomicPtr::new(std::ptr::null_mut());
-    &HEAD
-}
-
-/// Under loom the list lives in the execution (each explored execution starts empty); the
-/// records of earlier executions are leaked, never touched again.
-#[cfg(drainable_loom)]
-fn head() -> &'static AtomicPtr<Record> {
-    loom::lazy_static! {
-        static ref HEAD: AtomicPtr<Record> = AtomicPtr::new(std::ptr::null_mut());
-    }
-    &HEAD
+platform::process_wide! {
+    /// The newest record. Under loom the list lives in the execution (each explored execution
+    /// starts empty); the records of earlier executions are leaked, never touched again.
+    fn head() -> &'static AtomicPtr<Record> = AtomicPtr::new(std::ptr::null_mut());
 }
 
 /// A free record (from a thread that exited) or a new one, stamped with the calling thread as
@@ -390,17 +377,19 @@ fn head() -> &'static AtomicPtr<Record> {
 /// skipped (its loads would only add branch points).
 fn claim_record() -> &'static Record {
     let record: &'static Record = 'claim: {
-        #[cfg(not(drainable_loom))]
-        for record in records() {
-            // Acquire: the exiting thread's last entry writes are seen (its entries stay as
-            // they are; a leaked guard keeps its entry).
-            if !record.in_use.load(Ordering::Relaxed)
-                && record
-                    .in_use
-                    .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-            {
-                break 'claim record;
+        // Not even the list's head is loaded under loom.
+        if !platform::LOOM {
+            for record in records() {
+                // Acquire: the exiting thread's last entry writes are seen (its entries stay
+                // as they are; a leaked guard keeps its entry).
+                if !record.in_use.load(Ordering::Relaxed)
+                    && record
+                        .in_use
+                        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    break 'claim record;
+                }
             }
         }
         let record: &'static mut Record = Box::leak(Box::new(Record {
@@ -435,12 +424,12 @@ fn claim_record() -> &'static Record {
     record
 }
 
-/// This thread's record, claimed on first use. `None` where records are disabled.
-#[cfg(not(drainable_loom))]
+/// This thread's record, claimed on first use. `None` where records are disabled. Under loom,
+/// one record per model thread, never given back.
 #[inline]
 fn current() -> Option<&'static Record> {
     use std::cell::Cell;
-    thread_local! {
+    platform::per_thread! {
         /// Null before first use, `NONE` when this thread has no record, else the record.
         /// No destructor, so the fast path is one thread-pointer-relative load.
         static CURRENT: Cell<*const Record> = const { Cell::new(std::ptr::null()) };
@@ -491,7 +480,7 @@ fn current() -> Option<&'static Record> {
                 unsafe { &*p }.handshake.after_fork();
             }
         }
-        thread_local! {
+        platform::per_thread! {
             static OWNER: Owner = const {
                 Owner {
                     record: Cell::new(None),
@@ -502,15 +491,21 @@ fn current() -> Option<&'static Record> {
         // No record if forks cannot be watched (only for lack of memory): a fork child could
         // not tell its records' owners apart, and the slots are always sound.
         let record = if enabled() && platform::watch_forks(after_fork) {
-            // During thread exit (OWNER already gone) no record is claimed.
-            OWNER
-                .try_with(|owner| {
-                    let record = claim_record();
-                    owner.record.set(Some(record));
-                    owner.inherited.set(held(record));
-                    record
-                })
-                .ok()
+            if platform::LOOM {
+                // No owner to give the record back at thread exit: under loom its loads
+                // would only add branch points.
+                Some(claim_record())
+            } else {
+                // During thread exit (OWNER already gone) no record is claimed.
+                OWNER
+                    .try_with(|owner| {
+                        let record = claim_record();
+                        owner.record.set(Some(record));
+                        owner.inherited.set(held(record));
+                        record
+                    })
+                    .ok()
+            }
         } else {
             None
         };
@@ -527,21 +522,6 @@ fn current() -> Option<&'static Record> {
     }
     // SAFETY: a record pointer stored by `first_use`; records are never freed.
     Some(unsafe { &*p })
-}
-
-/// Under loom: one record per model thread, never given back.
-#[cfg(drainable_loom)]
-fn current() -> Option<&'static Record> {
-    use std::cell::Cell;
-    loom::thread_local! {
-        static CURRENT: Cell<Option<&'static Record>> = Cell::new(None);
-    }
-    CURRENT.with(|c| {
-        if c.get().is_none() {
-            c.set(Some(claim_record()));
-        }
-        c.get()
-    })
 }
 
 /// The record list, for the signal barrier, which signals the owner of every record.

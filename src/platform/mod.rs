@@ -59,6 +59,17 @@ impl<T> UnsafeCell<T> {
     }
 }
 
+/// Whether this build runs under a model of the machine: Miri or loom. Sizes that only slow a
+/// model down, or keep its tests from reaching an edge with a few operations, shrink under it
+/// ([`SPIN_LIMIT`], `local::ENTRIES`).
+pub(crate) const MODEL: bool = cfg!(any(miri, drainable_loom));
+
+/// Whether this build is a loom model (`--cfg drainable_loom`): every atomic access is a
+/// branch point that loom explores, so work that only serves real processes (reusing records
+/// of exited threads, hashing into many table shards) is skipped. See also
+/// [`process_wide!`] and [`per_thread!`] for what changes shape under loom.
+pub(crate) const LOOM: bool = cfg!(drainable_loom);
+
 /// A process-wide unique, non-zero number (a registry's identity).
 ///
 /// A `std` atomic even under loom: the number only has to differ from every other one, it
@@ -70,14 +81,76 @@ pub(crate) fn unique_id() -> u64 {
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
+/// The id of a drainable in the debug self-deadlock detector (`track.rs`), assigned from
+/// [`unique_id`] by the first [`get`](DebugId::get), so that `new` stays a `const fn`.
+/// Kept ([`DebugId::ENABLED`]) in builds with `debug_assertions`, except under loom, whose
+/// model threads share one OS thread, so that the detector's `std` thread-local list could
+/// not tell them apart. Elsewhere zero-sized, and `get` is 0: release builds pay nothing.
+pub(crate) use debug_id::DebugId;
+
+#[cfg(all(debug_assertions, not(drainable_loom)))]
+mod debug_id {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// See the re-export.
+    #[derive(Debug)]
+    pub(crate) struct DebugId(AtomicU64);
+
+    impl DebugId {
+        /// Whether ids are kept (see the re-export).
+        pub(crate) const ENABLED: bool = true;
+
+        pub(crate) const fn new() -> Self {
+            DebugId(AtomicU64::new(0))
+        }
+
+        /// A `std` atomic even under loom, like [`super::unique_id`]'s: it takes part in no
+        /// protocol.
+        #[inline]
+        pub(crate) fn get(&self) -> u64 {
+            // Relaxed: only uniqueness matters, and the one CAS below decides the value.
+            let id = self.0.load(Ordering::Relaxed);
+            if id != 0 {
+                return id;
+            }
+            let new = super::unique_id();
+            match self
+                .0
+                .compare_exchange(0, new, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => new,
+                Err(id) => id,
+            }
+        }
+    }
+}
+
+#[cfg(not(all(debug_assertions, not(drainable_loom))))]
+mod debug_id {
+    /// See the re-export: zero-sized here.
+    #[derive(Debug)]
+    pub(crate) struct DebugId;
+
+    impl DebugId {
+        /// Whether ids are kept (see the re-export).
+        pub(crate) const ENABLED: bool = false;
+
+        pub(crate) const fn new() -> Self {
+            DebugId
+        }
+
+        #[inline(always)]
+        pub(crate) fn get(&self) -> u64 {
+            0
+        }
+    }
+}
+
 /// How many times a waiter re-reads the word before it goes to sleep. A guard is usually held
 /// for nanoseconds, so a short spin often saves the two system calls of a sleep and a wake.
 /// Under loom the spin is pointless (every read is an explored interleaving), and under Miri
 /// it only slows the interpreter down.
-#[cfg(not(any(drainable_loom, miri)))]
-pub(crate) const SPIN_LIMIT: u32 = 100;
-#[cfg(any(drainable_loom, miri))]
-pub(crate) const SPIN_LIMIT: u32 = 0;
+pub(crate) const SPIN_LIMIT: u32 = if MODEL { 0 } else { 100 };
 
 /// A hint that this thread is spinning on a word another thread will change.
 #[inline]
@@ -99,6 +172,72 @@ macro_rules! const_fn {
     };
 }
 pub(crate) use const_fn;
+
+/// Declares `fn $name() -> &'static $ty`, one value per process: a `static` in real builds
+/// (its initialiser a constant expression); under loom a `loom::lazy_static`, one per explored
+/// execution, so that every execution starts from the initial value (the values of earlier
+/// executions are leaked, never touched again). The array form `[$init; N]` repeats a
+/// non-`Copy` initialiser `N` times (a named constant).
+macro_rules! process_wide {
+    (
+        $(#[$attr:meta])*
+        $vis:vis fn $name:ident() -> &'static [$ty:ty; $n:ident] = [$init:expr; $m:ident];
+    ) => {
+        $(#[$attr])*
+        $vis fn $name() -> &'static [$ty; $n] {
+            #[cfg(not(drainable_loom))]
+            {
+                static VALUE: [$ty; $n] = [const { $init }; $m];
+                &VALUE
+            }
+            #[cfg(drainable_loom)]
+            {
+                ::loom::lazy_static! {
+                    static ref VALUE: [$ty; $n] = ::std::array::from_fn(|_| $init);
+                }
+                &VALUE
+            }
+        }
+    };
+    ($(#[$attr:meta])* $vis:vis fn $name:ident() -> &'static $ty:ty = $init:expr;) => {
+        $(#[$attr])*
+        $vis fn $name() -> &'static $ty {
+            #[cfg(not(drainable_loom))]
+            {
+                static VALUE: $ty = $init;
+                &VALUE
+            }
+            #[cfg(drainable_loom)]
+            {
+                ::loom::lazy_static! {
+                    static ref VALUE: $ty = $init;
+                }
+                &VALUE
+            }
+        }
+    };
+}
+pub(crate) use process_wide;
+
+/// Declares a thread-local, read with `with` and `try_with` as `std`'s: a `const`-initialised
+/// `std::thread_local!` in real builds; under loom a `loom::thread_local!`, one per model
+/// thread (loom runs every model thread on one OS thread, so a `std` thread-local would be
+/// shared by all of them).
+macro_rules! per_thread {
+    ($(#[$attr:meta])* static $name:ident: $ty:ty = const { $init:expr };) => {
+        #[cfg(not(drainable_loom))]
+        ::std::thread_local! {
+            $(#[$attr])*
+            static $name: $ty = const { $init };
+        }
+        #[cfg(drainable_loom)]
+        ::loom::thread_local! {
+            $(#[$attr])*
+            static $name: $ty = $init;
+        }
+    };
+}
+pub(crate) use per_thread;
 
 #[cfg(all(test, not(drainable_loom)))]
 pub(crate) use futex::wakes;
