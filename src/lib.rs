@@ -74,6 +74,12 @@ mod counter;
 pub mod cpu;
 mod drainable;
 mod fold;
+/// The platform facade's cell, exposed only for the model tests in `loom-tests/`, whose canary
+/// cell wraps it; not part of the API.
+#[doc(hidden)]
+pub mod harness {
+    pub use crate::platform::cell::UnsafeCell;
+}
 mod grace;
 mod local;
 mod platform;

@@ -4,12 +4,14 @@
 //!
 //! Nothing outside this module names `std::sync::atomic`, `loom`, `libc` or `atomic-wait`.
 
+pub(crate) mod cell;
 pub(crate) mod cpu;
 mod futex;
 mod membarrier;
 mod mutex;
 mod signal_barrier;
 
+pub(crate) use cell::UnsafeCell;
 pub(crate) use membarrier::{
     heavy_barrier, heavy_barrier_registered, light_barrier, watch_forks, Handshake, Owners,
 };
@@ -28,36 +30,6 @@ pub(crate) use loom::sync::atomic::{
 /// Only the real builds use it: under Miri and loom the acquirer side runs a full fence.
 #[cfg(not(any(miri, drainable_loom)))]
 pub(crate) use std::sync::atomic::compiler_fence;
-
-/// Under loom, the registry's slots are loom's checked cells: loom then reports a write to a
-/// slot's value (registering, removing) that is not ordered with a caller's read of it.
-#[cfg(drainable_loom)]
-pub(crate) use loom::cell::UnsafeCell;
-
-/// `std`'s `UnsafeCell` behind loom's closure API, so that code written for loom's checked
-/// cell runs unchanged in real builds.
-#[cfg(not(drainable_loom))]
-#[derive(Debug)]
-pub(crate) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
-
-#[cfg(not(drainable_loom))]
-impl<T> UnsafeCell<T> {
-    pub(crate) const fn new(value: T) -> Self {
-        UnsafeCell(std::cell::UnsafeCell::new(value))
-    }
-
-    /// Runs `f` with a pointer to read the value through.
-    #[inline]
-    pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
-        f(self.0.get())
-    }
-
-    /// Runs `f` with a pointer to write the value through.
-    #[inline]
-    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
-        f(self.0.get())
-    }
-}
 
 /// Whether this build runs under a model of the machine: Miri or loom. Sizes that only slow a
 /// model down, or keep its tests from reaching an edge with a few operations, shrink under it
@@ -144,6 +116,38 @@ mod debug_id {
             0
         }
     }
+}
+
+/// A number that tells the running thread apart from every other thread alive: the address of
+/// one of its thread-locals. 0 where that cannot be told (under loom, whose model threads share
+/// one OS thread, and during thread teardown), which disables the checks built on it.
+// For `grace.rs`'s writer re-entry check, which still has its own copy (issue 11).
+#[allow(dead_code)]
+pub(crate) fn thread_token() -> usize {
+    if LOOM {
+        return 0;
+    }
+    thread_local! {
+        static TOKEN: u8 = const { 0 };
+    }
+    TOKEN.try_with(|t| t as *const u8 as usize).unwrap_or(0)
+}
+
+/// `N` null atomic pointers, built in a `const fn` although atomics are not `Copy` (an array
+/// repeat needs a constant): for a pointer table in a `const`-constructible type. Not `const`
+/// under loom, whose atomics have no `const` constructor.
+// For `registry.rs`'s chunk table, which still builds its own (issue 11).
+#[cfg(not(drainable_loom))]
+#[allow(dead_code)]
+pub(crate) const fn null_ptrs<T, const N: usize>() -> [AtomicPtr<T>; N] {
+    [const { AtomicPtr::new(std::ptr::null_mut()) }; N]
+}
+
+/// Under loom: see the real builds' version.
+#[cfg(drainable_loom)]
+#[allow(dead_code)]
+pub(crate) fn null_ptrs<T, const N: usize>() -> [AtomicPtr<T>; N] {
+    std::array::from_fn(|_| AtomicPtr::new(std::ptr::null_mut()))
 }
 
 /// How many times a waiter re-reads the word before it goes to sleep. A guard is usually held
