@@ -42,7 +42,7 @@
 //! A sandbox may install a seccomp filter after records were handed out. Threads keep
 //! taking guards on their records with plain stores, so a drain still needs a heavy barrier:
 //! the first `membarrier` that fails switches the process, for good, to the signal barrier
-//! of `signal_barrier.rs` (the idea of liburcu's signal flavour, `urcu-signal`,
+//! of `platform/signal_barrier.rs` (the idea of liburcu's signal flavour, `urcu-signal`,
 //! <https://liburcu.org>). It signals every thread that owns a record (other than the
 //! drainer) and waits until each one's handler has read the drainer's request, run a full
 //! fence and acknowledged it. The handler runs between two instructions of its thread, on
@@ -59,7 +59,7 @@
 //! `waiters`) does not give its record back: it stays stamped, so that signal barriers still
 //! reach the thread, until a barrier finds the thread gone and gives it back. The signal
 //! barrier's limits (a thread that blocks the signal holds drains up, reported on stderr;
-//! no usable signal at all is a panic) are in `signal_barrier.rs`.
+//! no usable signal at all is a panic) are in `platform/signal_barrier.rs`.
 //!
 //! # Records
 //!
@@ -97,7 +97,7 @@ pub(crate) struct Record {
     /// The next record in the list: set before the record is published, then never changed.
     next: *const Record,
     /// The owner thread and its acknowledgements, for the signal barrier that replaces
-    /// `membarrier` where it is refused (`signal_barrier.rs`; nothing on other platforms).
+    /// `membarrier` where it is refused (`platform/signal_barrier.rs`; nothing on other platforms).
     handshake: Handshake,
 }
 

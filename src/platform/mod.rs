@@ -1,8 +1,47 @@
-//! The one place that names the platform: atomics, fences, the futex wait and wake, and the
-//! spin hint. Under `--cfg drainable_loom` every item is swapped for a loom model, so the
-//! rest of the crate is written once and model-checked as it is.
+//! The platform facade: the one place that names `libc`, `loom`, `atomic-wait`,
+//! `std::sync::atomic`, or a `target_os` / `target_arch` / `target_env`, and the one place
+//! that chooses between the real machine and a model of it (`cfg(miri)`,
+//! `cfg(drainable_loom)`). The rest of the crate is written once against the items below and
+//! is model-checked as it is.
 //!
-//! Nothing outside this module names `std::sync::atomic`, `loom`, `libc` or `atomic-wait`.
+//! # Backends and fallbacks
+//!
+//! - **Atomics, fences, locks, cells.** `std`'s, or loom's under `--cfg drainable_loom`
+//!   (atomics, [`fence`], [`Mutex`] (which never reports poison; see its docs), [`UnsafeCell`]:
+//!   loom's checked cell, else `std`'s behind loom's closure API, in `cell.rs`).
+//!   [`compiler_fence`] exists only in real builds.
+//! - **Futex wait and wake** (`futex.rs`): on Linux and Android the `futex` system call through
+//!   `libc` (`futex/linux.rs`); elsewhere `atomic-wait`, plus a parking table for timed waits,
+//!   which `atomic-wait` lacks (`futex/portable.rs`, `futex/parking.rs`); under loom one
+//!   model-wide condition variable, and a timed wait times out at once (`futex/model.rs`).
+//! - **The process-wide heavy barrier** of the per-CPU counter's thread-local entries
+//!   (`membarrier.rs`), each tried in turn:
+//!   1. `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` (Linux, Android), registered once per
+//!      process;
+//!   2. when it is refused *later* (a seccomp filter installed after records were handed out),
+//!      the signal barrier, for good (`signal_barrier.rs`: a real-time signal to every thread
+//!      that owns a record, acknowledged from its handler);
+//!   3. when it is missing *at start-up* (other kernels and platforms, seccomp): no heavy
+//!      barrier, so no record is handed out and every per-CPU guard is counted in the slots.
+//!
+//!   The acquirer's light half is a compiler fence. Under Miri and loom both halves are
+//!   `SeqCst` fences, the model of the pair.
+//! - **Environment variables**, each read once per process: `DRAINABLE_NO_MEMBARRIER` (any
+//!   value: behave as if `membarrier` were missing at start-up), `DRAINABLE_FORCE_SIGNAL_BARRIER=1`
+//!   (records as usual, every heavy barrier a signal barrier: a testing aid; the former wins),
+//!   `DRAINABLE_SIGNAL=<n>` (the signal the signal barrier takes, instead of the highest free
+//!   real-time one).
+//! - **CPU number** (`cpu.rs`): glibc's rseq area (Linux with glibc, x86-64 and AArch64), else
+//!   a per-thread index handed out round-robin (every other platform, Miri, and loom, where each
+//!   call answers differently to model migration). `sched_getcpu` is there only for
+//!   `benches/cpu_id.rs`.
+//! - **Models.** [`MODEL`] (Miri or loom) shrinks sizes ([`SPIN_LIMIT`] 0, two entries per
+//!   record); [`LOOM`] skips work that only serves real processes; [`process_wide!`] is a
+//!   `static`, or a `loom::lazy_static` per explored execution; [`per_thread!`] a `std` or
+//!   loom thread-local; [`const_fn!`] drops `const` under loom; [`unique_id`] and [`DebugId`]
+//!   use `std` atomics even under loom, as they take part in no protocol; the debug
+//!   self-deadlock detector ([`DebugId`]) and [`thread_token`] are off under loom, whose model
+//!   threads share one OS thread.
 
 pub(crate) mod cell;
 pub(crate) mod cpu;
