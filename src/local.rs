@@ -540,8 +540,8 @@ impl platform::Owners for RecordList {
 #[cfg(all(test, not(drainable_loom)))]
 mod tests {
     use super::*;
+    use crate::platform::Ordering as O;
     use crate::PerCpuDrainable;
-    use std::sync::atomic::{AtomicBool, Ordering as O};
     use std::sync::mpsc;
     use std::thread;
     use std::time::Duration;
