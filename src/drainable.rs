@@ -11,7 +11,7 @@
 use crate::counter::sealed::CounterImpl;
 use crate::counter::{Close, Counter, Outstanding, PerCpu, Shared};
 use crate::lifecycle::{self, track, Hold, Open, Phase, Refused, Word};
-use crate::sync::Ordering;
+use crate::platform::Ordering;
 use std::error::Error;
 use std::fmt;
 use std::marker::PhantomData;
@@ -198,7 +198,7 @@ impl fmt::Display for DrainTimeoutError {
 impl Error for DrainTimeoutError {}
 
 impl<T> DrainableWith<T, Shared> {
-    crate::sync::const_fn! {
+    crate::platform::const_fn! {
         /// Creates an open drainable owning `value`. A `const fn`, so it works in a `static`.
         ///
         /// ```

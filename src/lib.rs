@@ -69,23 +69,21 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod counter;
-/// Slot selection, exposed only for `benches/cpu_id.rs`; not part of the API.
+/// Slot selection, exposed only for `bench/benches/cpu_id.rs`; not part of the API.
 #[doc(hidden)]
 pub mod cpu;
 mod drainable;
 mod grace;
 mod lifecycle;
+/// The platform facade's cell, exposed only for the model tests in `loom-tests/`, whose canary
+/// cell wraps it; not part of the API.
+#[doc(hidden)]
+pub mod harness {
+    pub use crate::platform::cell::UnsafeCell;
+}
+mod platform;
 mod registry;
-mod signal_barrier;
-mod sync;
 mod table;
-
-// The paths the modules that have not moved yet still name (signal_barrier.rs names `local`
-// only on the platforms that have its barrier).
-#[allow(unused_imports)]
-use counter::records as local;
-use counter::slots as fold;
-use lifecycle::{track, word as state};
 
 pub use counter::{Counter, PerCpu, Shared};
 pub use drainable::{

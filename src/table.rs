@@ -16,7 +16,7 @@
 //! list; a shard lock is taken only on cold paths (a drainable with that many reversible closes
 //! live at once), never by a guard.
 
-use crate::sync::{Mutex, MutexGuard};
+use crate::platform::{self, Mutex, MutexGuard};
 
 /// What the table keeps for one drainable.
 #[derive(Debug, Default)]
@@ -33,25 +33,15 @@ impl Side {
 
 type Entries = Vec<(usize, Side)>;
 
-#[cfg(not(drainable_loom))]
-const SHARDS: usize = 64;
-/// One shard under loom: the model has one drainable per scenario, and fewer locks to model.
-#[cfg(drainable_loom)]
-const SHARDS: usize = 1;
+/// 64 shards; one under loom: the model has one drainable per scenario, and fewer locks to
+/// model.
+const SHARDS: usize = if platform::LOOM { 1 } else { 64 };
 
-#[cfg(not(drainable_loom))]
 fn shard(addr: usize) -> &'static Mutex<Entries> {
-    static TABLE: [Mutex<Entries>; SHARDS] = [const { Mutex::new(Vec::new()) }; SHARDS];
-    &TABLE[index(addr)]
-}
-
-#[cfg(drainable_loom)]
-fn shard(addr: usize) -> &'static Mutex<Entries> {
-    loom::lazy_static! {
-        static ref TABLE: Mutex<Entries> = Mutex::new(Vec::new());
+    platform::process_wide! {
+        fn table() -> &'static [Mutex<Entries>; SHARDS] = [Mutex::new(Vec::new()); SHARDS];
     }
-    let _ = index(addr);
-    &TABLE
+    &table()[index(addr)]
 }
 
 /// The shard of an address: a multiplicative hash of the address above its alignment bits.
@@ -73,9 +63,7 @@ pub(crate) fn lock(addr: usize) -> Locked {
     Locked {
         // Nothing under a shard lock can panic halfway through a change (plain arithmetic
         // on an entry), so a poisoned lock holds consistent data.
-        entries: shard(addr)
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner),
+        entries: shard(addr).lock(),
         addr,
     }
 }

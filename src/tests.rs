@@ -291,13 +291,13 @@ macro_rules! contract_tests {
                     .unwrap_err();
                 assert!(p.undo());
                 drop(held);
-                let before = crate::sync::wakes::made();
+                let before = crate::platform::wakes::made();
                 for _ in 0..100 {
                     drop(d.try_acquire().unwrap());
                     drop(d.try_acquire_owned().unwrap());
                 }
                 assert_eq!(
-                    crate::sync::wakes::made() - before,
+                    crate::platform::wakes::made() - before,
                     0,
                     "releases on an open {NAME} made futex wakes after a timed-out drain"
                 );
@@ -359,7 +359,7 @@ macro_rules! contract_tests {
             fn leaked_spilled_closes_do_not_haunt_the_next_drainable_at_that_address() {
                 let mut storage = std::mem::MaybeUninit::<D<()>>::uninit();
                 let place = storage.as_mut_ptr();
-                let n = crate::state::PENDING_SPILL as usize + 3;
+                let n = crate::lifecycle::word::PENDING_SPILL as usize + 3;
                 // SAFETY: `place` is valid; each value is dropped before the next is written,
                 // and the last at the end; the forgotten PendingDrains never touch it again.
                 unsafe {

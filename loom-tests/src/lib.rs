@@ -9,6 +9,9 @@
 //! - Otherwise [`model`] runs the scenario a few hundred times on real threads (a smoke test,
 //!   and a Miri target), and [`Cell`] is a plain unchecked cell.
 //!
+//! [`Cell`] is the library's own cell shim (`drainable::harness::UnsafeCell`, the one its
+//! registry keeps values in), so the two builds cannot disagree on which cell is which.
+//!
 //! ```text
 //! cargo test -p drainable-loom-tests
 //! RUSTFLAGS="--cfg drainable_loom" LOOM_MAX_PREEMPTIONS=4 \
@@ -152,10 +155,7 @@ fn mode() -> String {
 /// race (undefined behaviour), which is what this test crate exists to find; Miri reports it.
 #[derive(Debug)]
 pub struct Cell<T> {
-    #[cfg(drainable_loom)]
-    inner: loom::cell::UnsafeCell<T>,
-    #[cfg(not(drainable_loom))]
-    inner: std::cell::UnsafeCell<T>,
+    inner: drainable::harness::UnsafeCell<T>,
 }
 
 // SAFETY: a test double for data guarded by a drainable: all sharing goes through
@@ -167,26 +167,20 @@ impl<T> Cell<T> {
     /// A cell holding `value`. Under loom, create it inside the model closure.
     pub fn new(value: T) -> Self {
         Cell {
-            inner: value.into(),
+            inner: drainable::harness::UnsafeCell::new(value),
         }
     }
 
     /// Runs `f` with a pointer to read the value through: a read access.
     #[track_caller]
     pub fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
-        #[cfg(drainable_loom)]
-        return self.inner.with(f);
-        #[cfg(not(drainable_loom))]
-        return f(self.inner.get());
+        self.inner.with(f)
     }
 
     /// Runs `f` with a pointer to write the value through: a write access.
     #[track_caller]
     pub fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
-        #[cfg(drainable_loom)]
-        return self.inner.with_mut(f);
-        #[cfg(not(drainable_loom))]
-        return f(self.inner.get());
+        self.inner.with_mut(f)
     }
 }
 

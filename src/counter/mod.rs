@@ -13,8 +13,10 @@
 mod per_cpu;
 mod shared;
 
+#[cfg(test)]
+pub(crate) use per_cpu::records;
+pub(crate) use per_cpu::slots;
 pub use per_cpu::PerCpu;
-pub(crate) use per_cpu::{records, slots};
 pub use shared::Shared;
 
 /// How a drainable counts its guards: [`Shared`] (one word, the default) or [`PerCpu`].

@@ -2,8 +2,8 @@
 //! once no reader can still see it; its read guard is [`GraceGuard`].
 
 use super::{GraceDomain, ReadSection};
-use crate::sync::{Mutex, MutexGuard, Ordering};
-use crate::track;
+use crate::lifecycle::track;
+use crate::platform::{self, Mutex, MutexGuard, Ordering};
 use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
@@ -34,12 +34,12 @@ use std::sync::Arc;
 /// std::thread::scope(|s| { s.spawn(|| c.read().get()); });
 /// ```
 pub struct GraceCell<T> {
-    ptr: crate::sync::AtomicPtr<T>,
+    ptr: crate::platform::AtomicPtr<T>,
     domain: DomainRef,
     writer: Mutex<()>,
-    /// The thread that holds `writer` (its [`thread_token`]), or 0: lets a writer that calls
+    /// The thread that holds `writer` (its `platform::thread_token`), or 0: lets a writer that calls
     /// back into its own cell (from `update`'s closure) panic instead of deadlocking.
-    writer_thread: crate::sync::AtomicUsize,
+    writer_thread: crate::platform::AtomicUsize,
 }
 
 enum DomainRef {
@@ -92,10 +92,10 @@ impl<T> GraceCell<T> {
 
     fn with(value: T, domain: DomainRef) -> Self {
         GraceCell {
-            ptr: crate::sync::AtomicPtr::new(Box::into_raw(Box::new(value))),
+            ptr: crate::platform::AtomicPtr::new(Box::into_raw(Box::new(value))),
             domain,
             writer: Mutex::new(()),
-            writer_thread: crate::sync::AtomicUsize::new(0),
+            writer_thread: crate::platform::AtomicUsize::new(0),
         }
     }
 
@@ -224,16 +224,13 @@ impl<T> GraceCell<T> {
     /// `update`'s closure), naming `op`.
     #[track_caller]
     fn lock_writer(&self, op: &str) -> WriterLock<'_> {
-        let me = thread_token();
+        let me = platform::thread_token();
         // Relaxed: only this thread ever stores its own token, so reading it back means this
         // thread holds the lock right now (it clears the token before unlocking).
         if me != 0 && self.writer_thread.load(Ordering::Relaxed) == me {
             writer_reentered(op);
         }
-        let lock = self
-            .writer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let lock = self.writer.lock();
         // Relaxed: read back only by this thread (above); other threads only compare it with
         // their own, different tokens.
         self.writer_thread.store(me, Ordering::Relaxed);
@@ -247,7 +244,7 @@ impl<T> GraceCell<T> {
 /// The writer lock of a [`GraceCell`] and the record of who holds it, cleared (on unwind too)
 /// before the lock is released.
 struct WriterLock<'a> {
-    owner: &'a crate::sync::AtomicUsize,
+    owner: &'a crate::platform::AtomicUsize,
     _lock: MutexGuard<'a, ()>,
 }
 
@@ -256,21 +253,6 @@ impl Drop for WriterLock<'_> {
         // Relaxed: as in `lock_writer`; runs before `_lock` unlocks.
         self.owner.store(0, Ordering::Relaxed);
     }
-}
-
-/// A number that tells the running thread apart from every other thread alive: the address of
-/// one of its thread-locals. 0 where that cannot be told (under loom, whose model threads share
-/// one OS thread, and during thread teardown), which disables the check.
-fn thread_token() -> usize {
-    #[cfg(not(drainable_loom))]
-    {
-        thread_local! {
-            static TOKEN: u8 = const { 0 };
-        }
-        TOKEN.try_with(|t| t as *const u8 as usize).unwrap_or(0)
-    }
-    #[cfg(drainable_loom)]
-    0
 }
 
 #[cold]

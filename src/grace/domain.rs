@@ -3,10 +3,10 @@
 
 #[cfg(doc)]
 use super::GraceCell; // for the doc links
-use crate::fold::Folding;
-use crate::state;
-use crate::sync::{AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering};
-use crate::track;
+use crate::counter::slots::Folding;
+use crate::lifecycle::track;
+use crate::lifecycle::word as state;
+use crate::platform::{AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering};
 use std::fmt;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
@@ -153,7 +153,7 @@ impl GraceDomain {
     /// ```
     pub fn new() -> Self {
         GraceDomain {
-            id: crate::sync::unique_id(),
+            id: crate::platform::unique_id(),
             word: state::Word::new(),
             phase: AtomicU32::new(0),
             // Phase 0 is current; phase 1 stays folded until the first grace period.
@@ -196,7 +196,7 @@ impl GraceDomain {
                 };
             }
             // The slot is folded: a grace period flipped the phase after our load. Retry.
-            crate::sync::spin_hint();
+            crate::platform::spin_hint();
         }
     }
 
@@ -374,18 +374,13 @@ impl GraceDomain {
     }
 
     fn lock_steps(&self) -> MutexGuard<'_, Steps> {
-        // Nothing under the lock can panic halfway through a change.
-        self.steps
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        // Nothing under the lock can panic halfway through a change (the facade's Mutex
+        // recovers from poison).
+        self.steps.lock()
     }
 
     fn try_lock_steps(&self) -> Option<MutexGuard<'_, Steps>> {
-        match self.steps.try_lock() {
-            Ok(g) => Some(g),
-            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) => None,
-        }
+        self.steps.try_lock()
     }
 
     /// Bytes the domain allocated outside itself (both phases' slots).

@@ -8,107 +8,66 @@
 //! without a trace, so they are not tracked: attributing them to the taking thread could make a
 //! correct program panic.
 //!
-//! A key is a process-wide unique number ([`crate::sync::unique_id`]), never an address: a guard
-//! leaked with `mem::forget` stays in its thread's list for good, and a later, unrelated
+//! A key is a process-wide unique number ([`crate::platform::unique_id`]), never an address: a
+//! guard leaked with `mem::forget` stays in its thread's list for good, and a later, unrelated
 //! drainable at the same address (a reused stack slot or allocation) must not be taken for the
 //! one it belonged to. A drainable gets its key the first time a guard of it is tracked, so
 //! `Drainable::new` stays a `const fn`; a grace domain uses the id it has anyway.
 //!
 //! Costs, in builds with `debug_assertions`: 8 bytes per drainable for its key, and a
 //! thread-local push and pop per guard. In release builds and under loom, [`Key`] is zero-sized
-//! and every function here is empty.
+//! and every function here is empty (the key type, [`DebugId`], is the platform facade's).
 
-#[cfg(all(debug_assertions, not(drainable_loom)))]
-mod imp {
-    use std::cell::RefCell;
-    use std::sync::atomic::{AtomicU64, Ordering};
+use crate::platform::DebugId;
+use std::cell::RefCell;
 
-    thread_local! {
-        static HELD: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
-    }
+/// A drainable's key, assigned on first use; zero-sized where nothing is tracked.
+pub(crate) type Key = DebugId;
 
-    /// A drainable's key, assigned on first use.
-    #[derive(Debug)]
-    pub(crate) struct Key(AtomicU64);
+/// Whether guards are tracked at all: with `debug_assertions`, and not under loom (see
+/// [`DebugId`]). Everything below is empty where they are not.
+const TRACKING: bool = DebugId::ENABLED;
 
-    impl Key {
-        pub(crate) const fn new() -> Self {
-            Key(AtomicU64::new(0))
-        }
-
-        #[inline]
-        pub(crate) fn get(&self) -> u64 {
-            // Relaxed: only uniqueness matters, and the one CAS below decides the value.
-            let key = self.0.load(Ordering::Relaxed);
-            if key != 0 {
-                return key;
-            }
-            let new = crate::sync::unique_id();
-            match self
-                .0
-                .compare_exchange(0, new, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => new,
-                Err(key) => key,
-            }
-        }
-    }
-
-    #[inline]
-    pub(crate) fn acquired(key: u64) {
-        // During thread teardown the list may be gone; tracking is best-effort there.
-        let _ = HELD.try_with(|h| h.borrow_mut().push(key));
-    }
-
-    #[inline]
-    pub(crate) fn released(key: u64) {
-        let _ = HELD.try_with(|h| {
-            let mut h = h.borrow_mut();
-            if let Some(i) = h.iter().rposition(|&k| k == key) {
-                h.swap_remove(i);
-            }
-        });
-    }
-
-    pub(crate) fn held(key: u64) -> usize {
-        HELD.try_with(|h| h.borrow().iter().filter(|&&k| k == key).count())
-            .unwrap_or(0)
-    }
+thread_local! {
+    static HELD: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
 }
 
-#[cfg(not(all(debug_assertions, not(drainable_loom))))]
-mod imp {
-    /// Zero-sized where nothing is tracked.
-    #[derive(Debug)]
-    pub(crate) struct Key;
-
-    impl Key {
-        pub(crate) const fn new() -> Self {
-            Key
-        }
-        #[inline(always)]
-        pub(crate) fn get(&self) -> u64 {
-            0
-        }
+#[inline(always)]
+pub(crate) fn acquired(key: u64) {
+    if !TRACKING {
+        return;
     }
-
-    #[inline(always)]
-    pub(crate) fn acquired(_key: u64) {}
-    #[inline(always)]
-    pub(crate) fn released(_key: u64) {}
-    #[inline(always)]
-    pub(crate) fn held(_key: u64) -> usize {
-        0
-    }
+    // During thread teardown the list may be gone; tracking is best-effort there.
+    let _ = HELD.try_with(|h| h.borrow_mut().push(key));
 }
 
-pub(crate) use imp::{acquired, released, Key};
+#[inline(always)]
+pub(crate) fn released(key: u64) {
+    if !TRACKING {
+        return;
+    }
+    let _ = HELD.try_with(|h| {
+        let mut h = h.borrow_mut();
+        if let Some(i) = h.iter().rposition(|&k| k == key) {
+            h.swap_remove(i);
+        }
+    });
+}
+
+#[inline]
+fn held(key: u64) -> usize {
+    if !TRACKING {
+        return 0;
+    }
+    HELD.try_with(|h| h.borrow().iter().filter(|&&k| k == key).count())
+        .unwrap_or(0)
+}
 
 /// Panics if the current thread holds a borrowed guard of the drainable (or read section of
 /// the domain) with `key`, naming the operation that would have deadlocked.
 #[track_caller]
 pub(crate) fn assert_not_held(key: u64, op: &str) {
-    let n = imp::held(key);
+    let n = held(key);
     if n > 0 {
         panic!(
             "drainable: {op} called on a thread that holds {n} Guard(s) of the same Drainable; \

@@ -77,7 +77,7 @@
 //! elsewhere), and a token goes back only through [`Word::give_back`], so every unit given
 //! back was added by a close (or by [`Word::add_token`]). The waits and the one answer to "is
 //! this close over?" ([`Word::close_is_over`]) live here too.
-use crate::sync::{self, AtomicU32, Ordering};
+use crate::platform::{self, AtomicU32, Ordering};
 use crate::table;
 use std::time::Instant;
 
@@ -90,10 +90,11 @@ const PENDING_MASK: u32 = 0b1111 << PENDING_SHIFT;
 /// The pending field's largest value; beyond it, closes are counted in the side table (see
 /// *Spilled closes* in the module docs). Two under loom and Miri, so that their scenarios reach
 /// the spill with a few closes.
-#[cfg(not(any(miri, drainable_loom)))]
-pub(crate) const PENDING_SPILL: u32 = PENDING_MASK >> PENDING_SHIFT;
-#[cfg(any(miri, drainable_loom))]
-pub(crate) const PENDING_SPILL: u32 = 2;
+pub(crate) const PENDING_SPILL: u32 = if platform::MODEL {
+    2
+} else {
+    PENDING_MASK >> PENDING_SHIFT
+};
 const COUNT_SHIFT: u32 = 7;
 /// One guard (or token) in the count field.
 const ONE: u32 = 1 << COUNT_SHIFT;
@@ -256,7 +257,7 @@ pub(crate) struct TimedOut {
 pub struct Word(AtomicU32);
 
 impl Word {
-    sync::const_fn! {
+    platform::const_fn! {
         /// A fresh, open word with no guards.
         pub(crate) const fn new() -> Self {
             Word(AtomicU32::new(0))
@@ -546,7 +547,7 @@ impl Word {
     /// Blocks until the word is drained, or until `deadline`.
     ///
     /// The word must be closed by the caller's `hold`; `is_current` says whether that close is
-    /// still the one in effect (see [`is_over`]). Spins [`sync::SPIN_LIMIT`] times, then
+    /// still the one in effect (see [`is_over`]). Spins [`platform::SPIN_LIMIT`] times, then
     /// sets `WAITING` and sleeps on the futex until the release that takes the count to zero
     /// wakes it. On success the word is `COMMITTED | DRAINED` and a `Hold::Pending` has been
     /// given back, or, for a `Hold::Committed`, the close has ended since. On timeout the hold
@@ -557,7 +558,7 @@ impl Word {
         deadline: Option<Instant>,
         is_current: impl Fn() -> bool,
     ) -> Result<(), TimedOut> {
-        let mut spins = sync::SPIN_LIMIT;
+        let mut spins = platform::SPIN_LIMIT;
         let mut timed_out = false;
         // Acquire: release → drainer.
         let mut cur = self.0.load(Ordering::Acquire);
@@ -644,10 +645,10 @@ impl Word {
     /// Blocks until the count field is zero (every token given back), or until `deadline`.
     /// Returns `true` once zero. Used by grace periods, whose word holds only tokens.
     ///
-    /// Spins [`sync::SPIN_LIMIT`] times, then sets `WAITING` and sleeps on the futex; the give-back
+    /// Spins [`platform::SPIN_LIMIT`] times, then sets `WAITING` and sleeps on the futex; the give-back
     /// that takes the count to zero wakes it (see [`decrement`](Self::decrement)).
     pub(crate) fn wait_zero(&self, deadline: Option<Instant>) -> bool {
-        let mut spins = sync::SPIN_LIMIT;
+        let mut spins = platform::SPIN_LIMIT;
         let mut timed_out = false;
         // Acquire: pairs with the token release (release → waiter).
         let mut cur = self.0.load(Ordering::Acquire);
@@ -674,7 +675,7 @@ impl Word {
         // Relaxed: only the flag changes; the sleepers woken below re-read the word themselves.
         let prev = self.0.fetch_and(!WAITING, Ordering::Relaxed);
         if prev & WAITING != 0 {
-            sync::wake_all(&self.0);
+            platform::wake_all(&self.0);
         }
     }
 
@@ -690,7 +691,7 @@ impl Word {
         let word = &self.0;
         if *spins > 0 {
             *spins -= 1;
-            sync::spin_hint();
+            platform::spin_hint();
             return (word.load(Ordering::Acquire), false);
         }
         if cur & WAITING == 0 {
@@ -708,10 +709,10 @@ impl Word {
         // read and the sleep changes the value and the kernel refuses to sleep.
         let timed_out = match deadline {
             None => {
-                sync::wait(word, cur);
+                platform::wait(word, cur);
                 false
             }
-            Some(deadline) => sync::wait_until(word, cur, deadline),
+            Some(deadline) => platform::wait_until(word, cur, deadline),
         };
         (word.load(Ordering::Acquire), timed_out)
     }
@@ -720,7 +721,7 @@ impl Word {
 #[cold]
 #[inline(never)]
 fn wake(word: *const AtomicU32) {
-    sync::wake_all(word);
+    platform::wake_all(word);
 }
 
 /// Whether a waiter's close is over, given a word value read (`Acquire`) after that close: the

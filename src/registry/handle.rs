@@ -4,7 +4,7 @@
 use super::Registry;
 use crate::counter::{Counter, Shared};
 use crate::drainable::PendingDrain;
-use crate::sync;
+use crate::platform;
 use std::fmt;
 use std::marker::PhantomData;
 use std::time::Duration;
@@ -83,7 +83,7 @@ pub struct PendingRemoval<'a, T, C: Counter = Shared> {
     pub(super) registration: u64,
     pub(super) index: usize,
     /// Holds the slot closed; dropping it undoes.
-    pub(super) pending: PendingDrain<'a, sync::UnsafeCell<Option<T>>, C>,
+    pub(super) pending: PendingDrain<'a, platform::UnsafeCell<Option<T>>, C>,
 }
 
 // SAFETY: the fields are a `&Registry` (which may be shared when it is `Sync`) and a

@@ -5,7 +5,7 @@ use super::storage::Chunks;
 use super::{value, Registry, Slot};
 use crate::counter::{Counter, Shared};
 use crate::drainable::Guard;
-use crate::sync;
+use crate::platform;
 use std::fmt;
 use std::ops::Deref;
 
@@ -25,7 +25,7 @@ use std::ops::Deref;
 /// ```
 #[must_use = "an EntryGuard that is not kept is released at once"]
 pub struct EntryGuard<'a, T, C: Counter = Shared> {
-    guard: Guard<'a, sync::UnsafeCell<Option<T>>, C>,
+    guard: Guard<'a, platform::UnsafeCell<Option<T>>, C>,
 }
 
 // SAFETY: sharing a `&EntryGuard` only gives out `&T`, fine across threads when `T: Sync`.

@@ -48,7 +48,7 @@ pub use iter::{EntryGuard, RegistryIter};
 
 use crate::counter::{Counter, PerCpu, Shared};
 use crate::drainable::DrainableWith;
-use crate::sync::{self, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
+use crate::platform::{self, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
 use std::fmt;
 use std::marker::PhantomData;
 use std::ptr;
@@ -56,7 +56,7 @@ use std::time::Duration;
 use storage::{Storage, Tail};
 
 /// One entry's storage: a drainable whose guards are the calls in flight, around the value.
-type Slot<T, C> = DrainableWith<sync::UnsafeCell<Option<T>>, C>;
+type Slot<T, C> = DrainableWith<platform::UnsafeCell<Option<T>>, C>;
 
 /// A set of callbacks (or any values) that many threads call lock-free, and whose removal
 /// blocks until no call into the removed entry is in flight.
@@ -193,7 +193,7 @@ const _: fn() = || {
 };
 
 impl<T> Registry<T, Shared> {
-    sync::const_fn! {
+    platform::const_fn! {
         /// An empty registry, counting calls in flight with one word per entry ([`Shared`];
         /// see [`with_counter`](Registry::with_counter) for the others). Allocates nothing
         /// until the first registration, and is a `const fn`, so a registry can be a
@@ -217,7 +217,7 @@ impl<T> Registry<T, Shared> {
 }
 
 impl<T, C: Counter> Registry<T, C> {
-    sync::const_fn! {
+    platform::const_fn! {
         /// An empty registry counting calls in flight with the scheme `C`, e.g. [`PerCpu`]
         /// for hot paths called from many cores (it costs `128 ×` CPUs bytes per slot).
         /// [`new`](Registry::new) is the same for the default, [`Shared`]. Allocates nothing
@@ -279,7 +279,7 @@ impl<T, C: Counter> Registry<T, C> {
                 Some(index) => index,
                 None => self.storage.fresh(&mut control.tail, || {
                     // Drained from the start: the state of every free slot.
-                    Slot::<T, C>::new_drained(sync::UnsafeCell::new(None))
+                    Slot::<T, C>::new_drained(platform::UnsafeCell::new(None))
                 }),
             };
             // Relaxed: a statistic; it orders nothing.
@@ -556,10 +556,8 @@ impl<T, C: Counter> Registry<T, C> {
 
     fn lock(&self) -> MutexGuard<'_, Control> {
         // Nothing under the lock can panic half-way (the only panic, a full registry, comes
-        // before any change), so a poisoned lock holds consistent data.
-        self.control
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        // before any change), so the facade's Mutex may recover from poison.
+        self.control.lock()
     }
 
     /// This registry's identity, assigned by the first registration. Call under the lock.
@@ -569,7 +567,7 @@ impl<T, C: Counter> Registry<T, C> {
         if id != 0 {
             return id;
         }
-        let id = sync::unique_id();
+        let id = platform::unique_id();
         // Relaxed: a thread that holds one of this registry's registrations got it through a
         // chain of happens-before from this store, so it reads this value (coherence); a
         // thread holding a foreign one reads 0 or this value, neither of which matches it.
@@ -630,7 +628,7 @@ fn foreign(theirs: u64, ours: u64) -> ! {
 
 /// The value of an open (or guarded) slot.
 #[inline]
-fn value<T>(cell: &sync::UnsafeCell<Option<T>>) -> &T {
+fn value<T>(cell: &platform::UnsafeCell<Option<T>>) -> &T {
     // SAFETY: callers hold a guard of the slot, so it is not drained: its value was written
     // before the `reopen` their acquisition synchronised with, and is taken out only after a
     // drain, which waits for their guard. The reference lives no longer than the borrow of

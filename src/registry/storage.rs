@@ -26,20 +26,20 @@
 //! - Only `fresh` changes the [`Tail`]: its slots handed out are `high`, its chunks the ones
 //!   allocated.
 
-use crate::sync::{AtomicPtr, AtomicUsize, Ordering};
+use crate::platform::{AtomicPtr, AtomicUsize, Ordering};
 use std::marker::PhantomData;
 use std::ptr;
 
 /// log2 of the number of slots in chunk 0. Under loom the chunks start at one slot, so that a
 /// model grows the list (and publishes a chunk) with its second registration.
-const BASE_SHIFT: u32 = if cfg!(drainable_loom) { 0 } else { 3 };
+const BASE_SHIFT: u32 = if crate::platform::LOOM { 0 } else { 3 };
 /// Slots in chunk 0; chunk `k` holds `BASE << k`.
 const BASE: usize = 1 << BASE_SHIFT;
 /// Chunks a registry can have: 32 (about 34 billion slots) on 64-bit targets, fewer where the
 /// slot index would overflow `usize` (the allocation fails long before), and 4 under loom.
 const MAX_CHUNKS: usize = {
     let fits = (usize::BITS - BASE_SHIFT - 1) as usize;
-    let want = if cfg!(drainable_loom) { 4 } else { 32 };
+    let want = if crate::platform::LOOM { 4 } else { 32 };
     if fits < want {
         fits
     } else {
@@ -114,27 +114,11 @@ impl Tail {
 }
 
 impl<E> Storage<E> {
-    /// An empty chunk pointer, to initialise the table in a `const fn` (an array repeat needs
-    /// a constant for a non-`Copy` element). Each use is a fresh atomic.
-    #[cfg(not(drainable_loom))]
-    #[allow(clippy::declare_interior_mutable_const)]
-    const NO_CHUNK: AtomicPtr<E> = AtomicPtr::new(ptr::null_mut());
-
-    #[cfg(not(drainable_loom))]
-    const fn no_chunks() -> [AtomicPtr<E>; MAX_CHUNKS] {
-        [Self::NO_CHUNK; MAX_CHUNKS]
-    }
-
-    #[cfg(drainable_loom)]
-    fn no_chunks() -> [AtomicPtr<E>; MAX_CHUNKS] {
-        std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut()))
-    }
-
-    crate::sync::const_fn! {
+    crate::platform::const_fn! {
         /// An empty storage; allocates nothing. Its tail is [`Tail::new`].
         pub(super) const fn new() -> Self {
             Storage {
-                chunks: Self::no_chunks(),
+                chunks: crate::platform::null_ptrs(),
                 high: AtomicUsize::new(0),
                 _not_auto: PhantomData,
             }

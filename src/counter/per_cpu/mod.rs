@@ -6,7 +6,7 @@ pub(crate) mod slots;
 
 use super::{sealed, Close, Counter, Outstanding};
 use crate::lifecycle::{Closing, Hold, Open, Refused, Token, Word};
-use crate::sync::{self, AtomicU64, Mutex, MutexGuard, Ordering};
+use crate::platform::{self, AtomicU64, Mutex, MutexGuard, Ordering};
 use records::{LocalHold, Waited};
 use slots::Folding;
 use std::fmt;
@@ -101,7 +101,7 @@ impl sealed::CounterImpl for PerCpu {
         // Registers `membarrier` now, if at all, so that no guard's first use pays for it.
         records::enabled();
         PerCpu {
-            id: sync::unique_id(),
+            id: platform::unique_id(),
             slots: Folding::new(),
             entries_token: AtomicU64::new(0),
             control: Mutex::new(()),
@@ -218,12 +218,10 @@ impl PerCpu {
     /// Serialises the closes and opens of the word with the passes over the slots that go
     /// with them.
     fn lock_control(&self) -> MutexGuard<'_, ()> {
-        // Nothing under the lock panics halfway through a change (the only panic left there
-        // is the signal barrier's "no sound barrier", which changes nothing before it), so a
-        // poisoned lock guards consistent state.
-        self.control
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        // Never poisoned: the facade's Mutex (nothing under this lock panics halfway through a
+        // change; the only panic left there, the signal barrier's "no sound barrier", changes
+        // nothing before it).
+        self.control.lock()
     }
 
     /// Under the control lock, right after this thread closed an open word, which handed it

@@ -42,7 +42,7 @@
 //! A sandbox may install a seccomp filter after records were handed out. Threads keep
 //! taking guards on their records with plain stores, so a drain still needs a heavy barrier:
 //! the first `membarrier` that fails switches the process, for good, to the signal barrier
-//! of `signal_barrier.rs` (the idea of liburcu's signal flavour, `urcu-signal`,
+//! of `platform/signal_barrier.rs` (the idea of liburcu's signal flavour, `urcu-signal`,
 //! <https://liburcu.org>). It signals every thread that owns a record (other than the
 //! drainer) and waits until each one's handler has read the drainer's request, run a full
 //! fence and acknowledged it. The handler runs between two instructions of its thread, on
@@ -59,7 +59,7 @@
 //! `waiters`) does not give its record back: it stays stamped, so that signal barriers still
 //! reach the thread, until a barrier finds the thread gone and gives it back. The signal
 //! barrier's limits (a thread that blocks the signal holds drains up, reported on stderr;
-//! no usable signal at all is a panic) are in `signal_barrier.rs`.
+//! no usable signal at all is a panic) are in `platform/signal_barrier.rs`.
 //!
 //! # Records
 //!
@@ -74,17 +74,13 @@
 //! of its thread's four) forever, but no other drainable can ever mistake it for its own.
 
 use crate::lifecycle::{self, Hold, Refused, Word};
-use crate::signal_barrier::Handshake;
-use crate::sync::{self, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use crate::platform::{self, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Handshake, Ordering};
 use std::time::Instant;
 
 /// Entries per record: guards one thread can hold at once on the thread-local path (further
 /// ones use the per-CPU slots). Two under loom, where every entry read is a branch point, and
 /// Miri: the tests then reach the overflow into the slots with a third guard.
-#[cfg(not(any(miri, drainable_loom)))]
-pub(crate) const ENTRIES: usize = 4;
-#[cfg(any(miri, drainable_loom))]
-pub(crate) const ENTRIES: usize = 2;
+pub(crate) const ENTRIES: usize = if platform::MODEL { 2 } else { 4 };
 
 /// One thread's entries and the futex its drainers sleep on.
 #[repr(align(128))]
@@ -101,7 +97,7 @@ pub(crate) struct Record {
     /// The next record in the list: set before the record is published, then never changed.
     next: *const Record,
     /// The owner thread and its acknowledgements, for the signal barrier that replaces
-    /// `membarrier` where it is refused (`signal_barrier.rs`; nothing on other platforms).
+    /// `membarrier` where it is refused (`platform/signal_barrier.rs`; nothing on other platforms).
     handshake: Handshake,
 }
 
@@ -204,7 +200,7 @@ pub(crate) unsafe fn release(hold: LocalHold) {
 fn wake(record: &Record) {
     // Release: a drainer that reads the new `seq` sees the entry cleared.
     record.seq.fetch_add(1, Ordering::Release);
-    sync::wake_all(&record.seq);
+    platform::wake_all(&record.seq);
 }
 
 /// Guards of `id` on the thread-local path, as a snapshot.
@@ -278,7 +274,7 @@ fn wait_record(
     // that cleared it before is seen by the loads below. Also orders the `waiters` increment
     // before the word load, against `wake_waiters` (a reopen).
     let barrier = heavy_barrier(deadline);
-    let mut spins = sync::SPIN_LIMIT;
+    let mut spins = platform::SPIN_LIMIT;
     loop {
         if barrier.is_err() {
             // The deadline passed inside the barrier (the signal barrier, waiting for a
@@ -296,13 +292,13 @@ fn wait_record(
         }
         if spins > 0 {
             spins -= 1;
-            sync::spin_hint();
+            platform::spin_hint();
             continue;
         }
         match deadline {
-            None => sync::wait(&record.seq, seq),
+            None => platform::wait(&record.seq, seq),
             Some(deadline) => {
-                if sync::wait_until(&record.seq, seq, deadline)
+                if platform::wait_until(&record.seq, seq, deadline)
                     && record.holds(id) != 0
                     // A drain finished meanwhile is not a timeout.
                     && !is_over()
@@ -324,7 +320,7 @@ pub(crate) fn wake_waiters() {
     // SeqCst: the reopen (an RMW on the word, before this) and the loads of `waiters` below
     // against a waiter's increment and heavy barrier before its load of the word: one of the
     // two sees the other.
-    sync::fence(Ordering::SeqCst);
+    platform::fence(Ordering::SeqCst);
     for record in records() {
         // Relaxed: ordered by the fence above.
         if record.waiters.load(Ordering::Relaxed) != 0 {
@@ -333,41 +329,24 @@ pub(crate) fn wake_waiters() {
     }
 }
 
-/// The orderings of the acquirer side: a compiler fence where the drainer side runs
-/// `membarrier`; a `SeqCst` fence under Miri and loom, which model the pair.
+/// The acquirer side's half of the handshake (see the module docs).
 #[inline(always)]
 fn light_barrier() {
-    #[cfg(not(any(miri, drainable_loom)))]
-    sync::compiler_fence(Ordering::SeqCst);
-    #[cfg(any(miri, drainable_loom))]
-    sync::fence(Ordering::SeqCst);
+    platform::light_barrier();
 }
 
-/// `membarrier`, or the signal barrier once `membarrier` is refused (see the module docs).
-/// `Err` only if `deadline` passed while the signal barrier waited for a thread (the barrier
-/// is then incomplete: the caller times out). Panics, saying why, only when neither barrier
-/// can be made (`signal_barrier.rs`).
+/// The drainer side's half: `membarrier`, or the signal barrier once `membarrier` is refused
+/// (see the module docs). `Err` only if `deadline` passed while the signal barrier waited for
+/// a thread (the barrier is then incomplete: the caller times out).
 fn heavy_barrier(deadline: Option<Instant>) -> Result<(), ()> {
-    // The language-level half: pairs with the `SeqCst` fence of `wake_waiters` (and costs
-    // nothing next to the system call).
-    sync::fence(Ordering::SeqCst);
-    #[cfg(not(any(miri, drainable_loom)))]
-    return membarrier::expedited(deadline);
-    #[cfg(any(miri, drainable_loom))]
-    {
-        let _ = deadline;
-        Ok(())
-    }
+    platform::heavy_barrier::<RecordList>(deadline)
 }
 
 /// Whether records are handed out at all (decided once per process, on first call: a
 /// `membarrier` registration, which may wait for an RCU grace period in the kernel, so
 /// `PerCpu::new` calls it rather than a guard's first use).
 pub(crate) fn enabled() -> bool {
-    #[cfg(not(any(miri, drainable_loom)))]
-    return membarrier::registered();
-    #[cfg(any(miri, drainable_loom))]
-    return true;
+    platform::heavy_barrier_registered()
 }
 
 /// The records, newest first.
@@ -382,20 +361,10 @@ fn records() -> impl Iterator<Item = &'static Record> {
     })
 }
 
-#[cfg(not(drainable_loom))]
-fn head() -> &'static AtomicPtr<Record> {
-    static HEAD: AtomicPtr<Record> = AtomicPtr::new(std::ptr::null_mut());
-    &HEAD
-}
-
-/// Under loom the list lives in the execution (each explored execution starts empty); the
-/// records of earlier executions are leaked, never touched again.
-#[cfg(drainable_loom)]
-fn head() -> &'static AtomicPtr<Record> {
-    loom::lazy_static! {
-        static ref HEAD: AtomicPtr<Record> = AtomicPtr::new(std::ptr::null_mut());
-    }
-    &HEAD
+platform::process_wide! {
+    /// The newest record. Under loom the list lives in the execution (each explored execution
+    /// starts empty); the records of earlier executions are leaked, never touched again.
+    fn head() -> &'static AtomicPtr<Record> = AtomicPtr::new(std::ptr::null_mut());
 }
 
 /// A free record (from a thread that exited) or a new one, stamped with the calling thread as
@@ -403,17 +372,19 @@ fn head() -> &'static AtomicPtr<Record> {
 /// skipped (its loads would only add branch points).
 fn claim_record() -> &'static Record {
     let record: &'static Record = 'claim: {
-        #[cfg(not(drainable_loom))]
-        for record in records() {
-            // Acquire: the exiting thread's last entry writes are seen (its entries stay as
-            // they are; a leaked guard keeps its entry).
-            if !record.in_use.load(Ordering::Relaxed)
-                && record
-                    .in_use
-                    .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-            {
-                break 'claim record;
+        // Not even the list's head is loaded under loom.
+        if !platform::LOOM {
+            for record in records() {
+                // Acquire: the exiting thread's last entry writes are seen (its entries stay
+                // as they are; a leaked guard keeps its entry).
+                if !record.in_use.load(Ordering::Relaxed)
+                    && record
+                        .in_use
+                        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    break 'claim record;
+                }
             }
         }
         let record: &'static mut Record = Box::leak(Box::new(Record {
@@ -448,12 +419,12 @@ fn claim_record() -> &'static Record {
     record
 }
 
-/// This thread's record, claimed on first use. `None` where records are disabled.
-#[cfg(not(drainable_loom))]
+/// This thread's record, claimed on first use. `None` where records are disabled. Under loom,
+/// one record per model thread, never given back.
 #[inline]
 fn current() -> Option<&'static Record> {
     use std::cell::Cell;
-    thread_local! {
+    platform::per_thread! {
         /// Null before first use, `NONE` when this thread has no record, else the record.
         /// No destructor, so the fast path is one thread-pointer-relative load.
         static CURRENT: Cell<*const Record> = const { Cell::new(std::ptr::null()) };
@@ -504,7 +475,7 @@ fn current() -> Option<&'static Record> {
                 unsafe { &*p }.handshake.after_fork();
             }
         }
-        thread_local! {
+        platform::per_thread! {
             static OWNER: Owner = const {
                 Owner {
                     record: Cell::new(None),
@@ -514,16 +485,22 @@ fn current() -> Option<&'static Record> {
         }
         // No record if forks cannot be watched (only for lack of memory): a fork child could
         // not tell its records' owners apart, and the slots are always sound.
-        let record = if enabled() && crate::signal_barrier::watch_forks(after_fork) {
-            // During thread exit (OWNER already gone) no record is claimed.
-            OWNER
-                .try_with(|owner| {
-                    let record = claim_record();
-                    owner.record.set(Some(record));
-                    owner.inherited.set(held(record));
-                    record
-                })
-                .ok()
+        let record = if enabled() && platform::watch_forks(after_fork) {
+            if platform::LOOM {
+                // No owner to give the record back at thread exit: under loom its loads
+                // would only add branch points.
+                Some(claim_record())
+            } else {
+                // During thread exit (OWNER already gone) no record is claimed.
+                OWNER
+                    .try_with(|owner| {
+                        let record = claim_record();
+                        owner.record.set(Some(record));
+                        owner.inherited.set(held(record));
+                        record
+                    })
+                    .ok()
+            }
         } else {
             None
         };
@@ -542,113 +519,15 @@ fn current() -> Option<&'static Record> {
     Some(unsafe { &*p })
 }
 
-/// Under loom: one record per model thread, never given back.
-#[cfg(drainable_loom)]
-fn current() -> Option<&'static Record> {
-    use std::cell::Cell;
-    loom::thread_local! {
-        static CURRENT: Cell<Option<&'static Record>> = Cell::new(None);
-    }
-    CURRENT.with(|c| {
-        if c.get().is_none() {
-            c.set(Some(claim_record()));
-        }
-        c.get()
-    })
-}
+/// The record list, for the signal barrier, which signals the owner of every record.
+pub(crate) struct RecordList;
 
-/// `membarrier(2)`: registration once per process, then the expedited barrier, or the signal
-/// barrier once `membarrier` is refused.
-#[cfg(not(any(miri, drainable_loom)))]
-pub(crate) mod membarrier {
-    /// Calls `f` with every record's handshake and `in_use` flag, for the signal barrier,
-    /// which also calls this from its signal handler: it only loads atomics and the records'
+impl platform::Owners for RecordList {
+    /// Also called from the signal barrier's handler: it only loads atomics and the records'
     /// `next` (immutable once published), and allocates nothing.
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    pub(crate) fn each_record(
-        mut f: impl FnMut(&'static super::Handshake, &'static super::AtomicBool),
-    ) {
-        for record in super::records() {
+    fn each(mut f: impl FnMut(&'static Handshake, &'static AtomicBool)) {
+        for record in records() {
             f(&record.handshake, &record.in_use);
-        }
-    }
-
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    mod sys {
-        use crate::signal_barrier;
-
-        // From <linux/membarrier.h>.
-        const CMD_QUERY: libc::c_int = 0;
-        const CMD_PRIVATE_EXPEDITED: libc::c_int = 1 << 3;
-        const CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_int = 1 << 4;
-
-        fn call(cmd: libc::c_int) -> libc::c_long {
-            // SAFETY: membarrier takes no pointers; flags 0, cpu_id 0.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_membarrier,
-                    cmd,
-                    0 as libc::c_uint,
-                    0 as libc::c_int,
-                )
-            }
-        }
-
-        /// Queries and registers; `false` if the kernel (or a seccomp filter) refuses.
-        pub(super) fn register() -> bool {
-            if std::env::var_os("DRAINABLE_NO_MEMBARRIER").is_some() {
-                return false;
-            }
-            if signal_barrier::forced() {
-                // The testing aid: records as usual, every heavy barrier made of signals.
-                signal_barrier::activate();
-                return true;
-            }
-            let supported = call(CMD_QUERY);
-            let needed = (CMD_PRIVATE_EXPEDITED | CMD_REGISTER_PRIVATE_EXPEDITED) as libc::c_long;
-            supported >= 0
-                && supported & needed == needed
-                && call(CMD_REGISTER_PRIVATE_EXPEDITED) == 0
-        }
-
-        pub(super) fn expedited(deadline: Option<std::time::Instant>) -> Result<(), ()> {
-            if !signal_barrier::active() {
-                if call(CMD_PRIVATE_EXPEDITED) == 0 {
-                    return Ok(());
-                }
-                // Refused after registration (it has no EINTR): a seccomp filter installed
-                // since, as sandboxes do. Records are out, so a barrier is still needed: from
-                // now on, for good, every heavy barrier signals the records' owners instead.
-                signal_barrier::activate();
-            }
-            signal_barrier::barrier(deadline)
-        }
-    }
-
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    mod sys {
-        pub(super) fn register() -> bool {
-            false
-        }
-        pub(super) fn expedited(_deadline: Option<std::time::Instant>) -> Result<(), ()> {
-            Ok(())
-        }
-    }
-
-    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-
-    /// Whether the process is registered for expedited barriers. Decided once; every caller
-    /// sees the same answer (the `OnceLock` orders it), so no acquirer can skip the barrier
-    /// a drainer relies on.
-    pub(super) fn registered() -> bool {
-        *REGISTERED.get_or_init(sys::register)
-    }
-
-    pub(super) fn expedited(deadline: Option<std::time::Instant>) -> Result<(), ()> {
-        if registered() {
-            sys::expedited(deadline)
-        } else {
-            Ok(())
         }
     }
 }
@@ -667,7 +546,7 @@ mod tests {
         if !enabled() {
             return; // no membarrier here: every guard is in the slots, tested elsewhere
         }
-        let (word, id) = (Word::new(), sync::unique_id());
+        let (word, id) = (Word::new(), platform::unique_id());
         // This test thread may have been given the record of an exited thread that leaked
         // guards (other tests do): those entries stay taken.
         let free = current()
@@ -698,7 +577,7 @@ mod tests {
         if !enabled() {
             return;
         }
-        let (word, id) = (Word::new(), sync::unique_id());
+        let (word, id) = (Word::new(), platform::unique_id());
         let record = thread::scope(|s| {
             s.spawn(|| {
                 // Leaked: never given back.
@@ -727,7 +606,7 @@ mod tests {
         if !enabled() {
             return;
         }
-        let (word, id) = (Word::new(), sync::unique_id());
+        let (word, id) = (Word::new(), platform::unique_id());
         for _ in 0..crate::test_support::iters(20, 3) {
             thread::scope(|s| {
                 s.spawn(|| {

@@ -34,7 +34,7 @@
 //!   by a holder happens-before the waiter returns.
 
 use crate::lifecycle::{Token, Word};
-use crate::sync::{AtomicU64, Ordering};
+use crate::platform::{AtomicU64, Ordering};
 
 /// One cache-line-padded slot.
 #[repr(align(128))]
@@ -56,7 +56,7 @@ pub(crate) struct Folding {
 }
 
 fn slot_count() -> usize {
-    if cfg!(any(miri, drainable_loom)) {
+    if crate::platform::MODEL {
         // Two slots, so that tests exercise counts given back on another slot.
         return 2;
     }

@@ -157,8 +157,8 @@ mod stub {
     not(any(miri, drainable_loom))
 ))]
 mod linux {
-    use crate::local::membarrier::each_record;
-    use crate::sync::{self, AtomicBool, AtomicU32, AtomicU64, Ordering};
+    use crate::platform::membarrier::Owners;
+    use crate::platform::{self, futex, AtomicBool, AtomicU32, AtomicU64, Ordering};
     use std::sync::OnceLock;
     use std::time::{Duration, Instant};
 
@@ -206,7 +206,7 @@ mod linux {
             // SeqCst: pairs with the `SeqCst` fence between a drainer's close and its reads
             // of the words: either that barrier reads this stamp (and signals this thread),
             // or this thread's later loads of the word see the close.
-            sync::fence(Ordering::SeqCst);
+            platform::fence(Ordering::SeqCst);
         }
 
         /// Gives up the ownership: the calling thread, the owner, will not write the
@@ -234,7 +234,7 @@ mod linux {
             let request = self.requests.load(Ordering::Acquire);
             // SeqCst: the full barrier in this thread's instruction stream; orders the entry
             // writes of the interrupted code before the acknowledgement.
-            sync::fence(Ordering::SeqCst);
+            platform::fence(Ordering::SeqCst);
             // Relaxed: the CAS below orders what matters.
             let mut acks = self.acks.load(Ordering::Relaxed);
             while !reached(acks, request) {
@@ -250,7 +250,7 @@ mod linux {
                     Err(now) => acks = now,
                 }
             }
-            futex_wake(&self.acks);
+            futex::linux::wake_all(&self.acks);
         }
     }
 
@@ -300,10 +300,10 @@ mod linux {
     /// made are harmless: a late acknowledgement satisfies nobody else's). Panics, with a
     /// message that says why, when no signal barrier can be made (see the module docs);
     /// nothing is changed before that.
-    pub(crate) fn barrier(deadline: Option<Instant>) -> Result<(), ()> {
+    pub(crate) fn barrier<O: Owners>(deadline: Option<Instant>) -> Result<(), ()> {
         let me = gettid();
         let mut targets = Vec::new();
-        each_record(|handshake, in_use| {
+        O::each(|handshake, in_use| {
             // Acquire: pairs with `claim` and `give_back` (Release).
             let word = handshake.word.load(Ordering::Acquire);
             let tid = (word & TID) as u32;
@@ -322,7 +322,7 @@ mod linux {
             // No other thread can be between an entry store and its load of the word.
             return Ok(());
         }
-        let signal = match signal() {
+        let signal = match signal::<O>() {
             Ok(signal) => signal,
             Err(why) => unavailable(why),
         };
@@ -342,11 +342,11 @@ mod linux {
         let deadline = deadline.map(|d| d.max(Instant::now() + CHECK_EVERY));
         // All signals are out before the first wait: the handlers run in parallel.
         for t in &mut targets {
-            t.wait(signal, deadline)?;
+            t.wait::<O>(signal, deadline)?;
         }
         // SeqCst: a thread found gone was found so by a system call, not by a load: this
         // orders that answer before the caller's scan (and pairs with nothing else).
-        sync::fence(Ordering::SeqCst);
+        platform::fence(Ordering::SeqCst);
         Ok(())
     }
 
@@ -394,10 +394,14 @@ mod linux {
         }
 
         /// Waits until the thread acknowledged (or is gone); `Err` once `deadline` passed.
-        fn wait(&mut self, signal: libc::c_int, deadline: Option<Instant>) -> Result<(), ()> {
+        fn wait<O: Owners>(
+            &mut self,
+            signal: libc::c_int,
+            deadline: Option<Instant>,
+        ) -> Result<(), ()> {
             let start = Instant::now();
             let mut check_at = start + CHECK_EVERY;
-            let mut spins = sync::SPIN_LIMIT;
+            let mut spins = platform::SPIN_LIMIT;
             let mut reported = false;
             loop {
                 if self.done() {
@@ -412,7 +416,7 @@ mod linux {
                 }
                 if spins > 0 {
                     spins -= 1;
-                    sync::spin_hint();
+                    platform::spin_hint();
                     continue;
                 }
                 if self.state == Sent::Full {
@@ -423,7 +427,7 @@ mod linux {
                     let acks = self.handshake.acks.load(Ordering::Relaxed);
                     if !reached(acks, self.request) {
                         let until = deadline.map_or(check_at, |d| d.min(check_at));
-                        sync::wait_until(&self.handshake.acks, acks, until);
+                        platform::wait_until(&self.handshake.acks, acks, until);
                     }
                 }
                 let now = Instant::now();
@@ -436,7 +440,7 @@ mod linux {
                 {
                     self.state = Sent::Gone;
                 } else if now - start >= REPORT_AFTER
-                    && !ours(signal)
+                    && !ours::<O>(signal)
                     && status(self.tid).is_some_and(|s| {
                         !s.blocks(signal) && !matches!(s.state, b'T' | b't' | b'D')
                     })
@@ -464,7 +468,7 @@ mod linux {
         fn reap(&self) {
             // SeqCst: orders the system call's answer (the thread is gone, after its last
             // writes) before the give-back below.
-            sync::fence(Ordering::SeqCst);
+            platform::fence(Ordering::SeqCst);
             // Relaxed: the CAS only elects one reaper for this generation; the `in_use`
             // store publishes.
             if self
@@ -486,20 +490,20 @@ mod linux {
     }
 
     /// The signal the barrier sends, installed by the first barrier that needs it.
-    fn signal() -> Result<libc::c_int, &'static str> {
+    fn signal<O: Owners>() -> Result<libc::c_int, &'static str> {
         static SIGNAL: OnceLock<Result<libc::c_int, String>> = OnceLock::new();
-        match SIGNAL.get_or_init(install) {
+        match SIGNAL.get_or_init(install::<O>) {
             Ok(signal) => Ok(*signal),
             Err(why) => Err(why),
         }
     }
 
-    fn install() -> Result<libc::c_int, String> {
+    fn install<O: Owners>() -> Result<libc::c_int, String> {
         let (lowest, highest) = (libc::SIGRTMIN(), libc::SIGRTMAX());
         match std::env::var("DRAINABLE_SIGNAL") {
             Err(std::env::VarError::NotPresent) => {
                 for signal in (lowest..=highest).rev() {
-                    if take(signal)? {
+                    if take::<O>(signal)? {
                         return Ok(signal);
                     }
                 }
@@ -524,7 +528,7 @@ mod linux {
                              {highest}) or SIGUSR1 / SIGUSR2"
                         )
                     })?;
-                if take(signal)? {
+                if take::<O>(signal)? {
                     Ok(signal)
                 } else {
                     Err(format!(
@@ -539,7 +543,7 @@ mod linux {
 
     /// Installs the handler on `signal` if its disposition is the default; `Ok(false)` if it
     /// is not (an application's handler is never replaced).
-    fn take(signal: libc::c_int) -> Result<bool, String> {
+    fn take<O: Owners>(signal: libc::c_int) -> Result<bool, String> {
         let fail = |what: &str| {
             format!(
                 "sigaction({signal}) {what}: {}",
@@ -552,7 +556,7 @@ mod linux {
         // SAFETY: all-zero is a valid `sigaction` (no handler, empty mask, no flags);
         // `sigemptyset` initialises the mask it is given.
         let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-        action.sa_sigaction = handler as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        action.sa_sigaction = handler::<O> as extern "C" fn(libc::c_int) as libc::sighandler_t;
         action.sa_flags = libc::SA_RESTART | libc::SA_ONSTACK;
         // SAFETY: as above.
         unsafe { libc::sigemptyset(&mut action.sa_mask) };
@@ -573,8 +577,9 @@ mod linux {
     }
 
     /// Whether `signal` still runs drainable's handler.
-    fn ours(signal: libc::c_int) -> bool {
-        disposition(signal) == Some(handler as extern "C" fn(libc::c_int) as libc::sighandler_t)
+    fn ours<O: Owners>(signal: libc::c_int) -> bool {
+        disposition(signal)
+            == Some(handler::<O> as extern "C" fn(libc::c_int) as libc::sighandler_t)
     }
 
     /// The current handler of `signal` (`SIG_DFL`, `SIG_IGN` or an address).
@@ -588,12 +593,12 @@ mod linux {
 
     /// The signal handler: acknowledges every record the interrupted thread owns.
     /// Async-signal-safe: atomics, the list of records (never freed), `gettid`, `futex`.
-    extern "C" fn handler(_signal: libc::c_int) {
+    extern "C" fn handler<O: Owners>(_signal: libc::c_int) {
         let errno = errno_location();
         // SAFETY: this thread's errno, read and written back on this thread.
         let saved = unsafe { *errno };
         let me = gettid();
-        each_record(|handshake, _| {
+        O::each(|handshake, _| {
             // Relaxed: only this thread stamps its tid (a reaper or a new owner writes a
             // different one).
             if (handshake.word.load(Ordering::Relaxed) & TID) as u32 == me {
@@ -631,18 +636,6 @@ mod linux {
             libc::ESRCH => Ok(Sent::Gone),
             libc::EAGAIN => Ok(Sent::Full),
             errno => Err(errno),
-        }
-    }
-
-    fn futex_wake(word: &AtomicU32) {
-        // SAFETY: FUTEX_WAKE uses the address as a key only; records are never freed.
-        unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                word.as_ptr(),
-                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-                i32::MAX,
-            );
         }
     }
 
@@ -717,6 +710,8 @@ mod linux {
     #[cfg(test)]
     mod tests {
         use super::*;
+        use crate::counter::records::RecordList;
+        use crate::platform::heavy_barrier_registered;
         use crate::PerCpuDrainable;
         use std::sync::mpsc;
         use std::thread;
@@ -724,7 +719,7 @@ mod linux {
         /// The handshake of the record stamped with `tid`.
         fn handshake_of(tid: u32) -> Option<&'static Handshake> {
             let mut found = None;
-            each_record(|h, _| {
+            RecordList::each(|h, _| {
                 if (h.word.load(Ordering::Relaxed) & TID) as u32 == tid {
                     found = Some(h);
                 }
@@ -755,7 +750,7 @@ mod linux {
 
         #[test]
         fn a_barrier_waits_for_the_handler_of_every_other_owner() {
-            if !crate::local::enabled() {
+            if !heavy_barrier_registered() {
                 return; // no records here
             }
             let d = PerCpuDrainable::new(());
@@ -778,7 +773,7 @@ mod linux {
                 let h = handshake_of(tid).expect("the thread's record");
                 // Relaxed: a snapshot; barriers of other tests may bump it meanwhile.
                 let before = h.requests.load(Ordering::Relaxed);
-                barrier(None).unwrap();
+                barrier::<RecordList>(None).unwrap();
                 // This barrier's request was at least `before + 1`.
                 // Relaxed: the barrier returned; its own Acquire loads did the ordering.
                 let acks = h.acks.load(Ordering::Relaxed);
@@ -789,7 +784,7 @@ mod linux {
 
         #[test]
         fn a_gone_owner_does_not_hold_a_barrier_up_and_its_record_is_reaped() {
-            if !crate::local::enabled() {
+            if !heavy_barrier_registered() {
                 return;
             }
             let d = PerCpuDrainable::new(());
@@ -805,7 +800,7 @@ mod linux {
             });
             // The thread is gone, or still exiting: this barrier (or one of another test)
             // finds out and gives the record back.
-            barrier(None).unwrap();
+            barrier::<RecordList>(None).unwrap();
             assert_ne!(
                 (h.word.load(Ordering::Relaxed) & TID) as u32,
                 tid,
