@@ -83,7 +83,6 @@ pub mod harness {
 }
 mod platform;
 mod registry;
-mod table;
 
 pub use counter::{Counter, PerCpu, Shared};
 pub use drainable::{

@@ -78,7 +78,7 @@
 //! back was added by a close (or by [`Word::add_token`]). The waits and the one answer to "is
 //! this close over?" ([`Word::close_is_over`]) live here too.
 use crate::platform::{self, AtomicU32, Ordering};
-use crate::table;
+use super::table;
 use std::time::Instant;
 
 const WAITING: u32 = 1 << 0;
