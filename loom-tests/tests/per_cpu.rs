@@ -22,7 +22,7 @@ const RECLOSE_WHILE_DRAINING: bool = false;
 
 mod scenarios;
 
-/// Scenarios of the per-CPU counter's thread-local entries (`src/local.rs`): a `Guard` taken
+/// Scenarios of the per-CPU counter's thread-local entries (`src/counter/per_cpu/records.rs`): a `Guard` taken
 /// with `try_acquire` sits in an entry of its thread's record (two entries under loom), and a
 /// drain pairs its close with the acquirer's re-check through a heavy and a light barrier,
 /// which loom models as a pair of `SeqCst` fences.
@@ -71,7 +71,7 @@ mod local_entries {
     /// guard in the same entry and waits for the drainer while holding it. Woken by the first
     /// release, the drainer may read the word before the reopen and the entry after the new
     /// guard, and go back to sleep on the record: the reopen wakes drainers asleep on records
-    /// (`local::wake_waiters`), and without that wake loom reports a deadlock. (Two threads:
+    /// (`records::wake_waiters`), and without that wake loom reports a deadlock. (Two threads:
     /// an earlier version used a third, the holder, and channels, and took over ten minutes at
     /// bound 4.)
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! # Algorithm
 //!
-//! A domain has two phases, each a set of folding per-CPU counters (`fold.rs`, shared with
+//! A domain has two phases, each a set of folding per-CPU counters (`counter/per_cpu/slots.rs`, shared with
 //! [`PerCpuDrainable`](crate::PerCpuDrainable)), and a `phase` word saying where new readers
 //! go.
 //!

@@ -77,8 +77,8 @@
 //! elsewhere), and a token goes back only through [`Word::give_back`], so every unit given
 //! back was added by a close (or by [`Word::add_token`]). The waits and the one answer to "is
 //! this close over?" ([`Word::close_is_over`]) live here too.
-use crate::platform::{self, AtomicU32, Ordering};
 use super::table;
+use crate::platform::{self, AtomicU32, Ordering};
 use std::time::Instant;
 
 const WAITING: u32 = 1 << 0;

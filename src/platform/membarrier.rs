@@ -1,11 +1,11 @@
-//! The two halves of the thread-local entries' handshake (`local.rs`): the *light* barrier
+//! The two halves of the thread-local entries' handshake (`counter/per_cpu/records.rs`): the *light* barrier
 //! of the acquirer and releaser, and the process-wide *heavy* barrier of the drainer, with
 //! its fallbacks:
 //!
 //! 1. `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` (Linux, Android): registered once per
 //!    process ([`heavy_barrier_registered`]); it runs a full barrier on every CPU that runs a
 //!    thread of this process.
-//! 2. The signal barrier (`signal_barrier.rs`), for good, from the first `membarrier` that is
+//! 2. The signal barrier (`platform/signal_barrier.rs`), for good, from the first `membarrier` that is
 //!    refused after registration (a seccomp filter installed since), or from the start with
 //!    `DRAINABLE_FORCE_SIGNAL_BARRIER=1`.
 //! 3. No heavy barrier at all where registration fails at start-up (other kernels and
@@ -20,7 +20,7 @@ use std::time::Instant;
 
 pub(crate) use super::signal_barrier::{watch_forks, Handshake};
 
-/// The threads a signal barrier must reach: implemented by the record list (`local.rs`),
+/// The threads a signal barrier must reach: implemented by the record list (`counter/per_cpu/records.rs`),
 /// which is the caller's, not the platform's.
 pub(crate) trait Owners: 'static {
     /// Calls `f` with every record's handshake and `in_use` flag. The signal barrier calls
@@ -52,10 +52,10 @@ pub(crate) fn light_barrier() {
 /// of `O` once `membarrier` is refused (see the module docs). `Err` only if `deadline` passed
 /// while the signal barrier waited for a thread (the barrier is then incomplete: the caller
 /// times out). Panics, saying why, only when neither barrier can be made
-/// (`signal_barrier.rs`).
+/// (`platform/signal_barrier.rs`).
 pub(crate) fn heavy_barrier<O: Owners>(deadline: Option<Instant>) -> Result<(), ()> {
     // The language-level half (all of it under Miri and loom): pairs with the callers'
-    // `SeqCst` fences (`local.rs`: `wake_waiters`; the light barrier under the models), and
+    // `SeqCst` fences (`counter/per_cpu/records.rs`: `wake_waiters`; the light barrier under the models), and
     // costs nothing next to the system call.
     fence(Ordering::SeqCst);
     #[cfg(not(any(miri, drainable_loom)))]

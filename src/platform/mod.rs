@@ -19,7 +19,7 @@
 //!   1. `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` (Linux, Android), registered once per
 //!      process;
 //!   2. when it is refused *later* (a seccomp filter installed after records were handed out),
-//!      the signal barrier, for good (`signal_barrier.rs`: a real-time signal to every thread
+//!      the signal barrier, for good (`platform/signal_barrier.rs`: a real-time signal to every thread
 //!      that owns a record, acknowledged from its handler);
 //!   3. when it is missing *at start-up* (other kernels and platforms, seccomp): no heavy
 //!      barrier, so no record is handed out and every per-CPU guard is counted in the slots.

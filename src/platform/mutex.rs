@@ -17,17 +17,17 @@ pub(crate) use imp::MutexGuard;
 /// Sound because no critical section of this crate panics halfway through a change, so a
 /// lock that a panicking thread held guards consistent data. Each user:
 ///
-/// - `table.rs`, a shard of the side table: plain arithmetic on an entry, `Vec` push and
-///   retain;
-/// - `counter.rs`, the control lock of `PerCpu` (`Mutex<()>`): the only panic left under it is
-///   the signal barrier's "no sound barrier", which changes nothing before it;
-/// - `grace.rs`, a domain's step lock: plain arithmetic on `Steps`, and folds and unfolds whose
-///   only panics are `debug_assert!`s of invariants already broken;
-/// - `grace.rs`, a cell's writer lock (`Mutex<()>`, no data): a panic in `update`'s closure
-///   comes before the new value is published, and leaves the value unchanged;
+/// - `lifecycle/table.rs`, a shard of the side table: plain arithmetic on an entry, `Vec` push
+///   and retain;
+/// - `counter/per_cpu/mod.rs`, the control lock of `PerCpu` (`Mutex<()>`): no barrier runs
+///   under it, and its only panics are `debug_assert!`s of invariants already broken;
+/// - `grace/domain.rs`, a domain's step lock: plain arithmetic on `Steps`, and folds and
+///   unfolds whose only panics are `debug_assert!`s of invariants already broken;
+/// - `grace/cell.rs`, a cell's writer lock (`Mutex<()>`, no data): a panic in `update`'s
+///   closure comes before the new value is published, and leaves the value unchanged;
 /// - `futex/parking.rs`, the parking table: `Vec` push and retain;
-/// - `registry.rs`, a registry's control lock, once it uses this type: its only panic (a full
-///   registry) comes before any change.
+/// - `registry/mod.rs`, a registry's control lock: its only panic (a full registry) comes
+///   before any change.
 ///
 /// Poisoning is not a memory-safety mechanism, so recovering is always memory-safe; the list
 /// above is why it is also correct. A new critical section that can panic midway must not use

@@ -1,4 +1,4 @@
-//! The signal barrier: the heavy barrier of the thread-local entries (`local.rs`) once
+//! The signal barrier: the heavy barrier of the thread-local entries (`counter/per_cpu/records.rs`) once
 //! `membarrier` is refused after start-up.
 //!
 //! A sandbox may install a seccomp filter after the process registered for

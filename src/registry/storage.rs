@@ -83,8 +83,9 @@ pub(super) struct Storage<E> {
 unsafe impl<E: Send> Send for Storage<E> {}
 
 // SAFETY: a `&Storage` gives out only `&E` (on any thread: `E: Sync`); appending writes atomics
-// and slots no reference can reach yet, and freeing needs `&mut self`.
-unsafe impl<E: Sync> Sync for Storage<E> {}
+// and slots no reference can reach yet, and freeing needs `&mut self`. Appending through `&self`
+// builds an `E` on the caller's thread that the owner later drops on its own: `E: Send`.
+unsafe impl<E: Send + Sync> Sync for Storage<E> {}
 
 /// The appending side of a [`Storage`]: the slots handed out and the chunks allocated. Only
 /// [`Storage::fresh`] changes it; whoever holds it by `&mut` may append (the registry keeps it

@@ -218,9 +218,9 @@ impl PerCpu {
     /// Serialises the closes and opens of the word with the passes over the slots that go
     /// with them.
     fn lock_control(&self) -> MutexGuard<'_, ()> {
-        // Never poisoned: the facade's Mutex (nothing under this lock panics halfway through a
-        // change; the only panic left there, the signal barrier's "no sound barrier", changes
-        // nothing before it).
+        // The facade's Mutex recovers from poison: nothing under this lock panics halfway
+        // through a change (no barrier runs under it; its only panics are debug assertions of
+        // invariants already broken).
         self.control.lock()
     }
 
