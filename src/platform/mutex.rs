@@ -19,14 +19,14 @@ pub(crate) use imp::MutexGuard;
 ///
 /// - `table.rs`, a shard of the side table: plain arithmetic on an entry, `Vec` push and
 ///   retain;
-/// - `counter.rs`, the control lock of `PerCpu` (`Mutex<()>`): the only panic left under it is
-///   the signal barrier's "no sound barrier", which changes nothing before it;
-/// - `grace.rs`, a domain's step lock: plain arithmetic on `Steps`, and folds and unfolds whose
-///   only panics are `debug_assert!`s of invariants already broken;
-/// - `grace.rs`, a cell's writer lock (`Mutex<()>`, no data): a panic in `update`'s closure
+/// - `counter/per_cpu/mod.rs`, the control lock of `PerCpu` (`Mutex<()>`): the only panic left
+///   under it is the signal barrier's "no sound barrier", which changes nothing before it;
+/// - `grace/domain.rs`, a domain's step lock: plain arithmetic on `Steps`, and folds and
+///   unfolds whose only panics are `debug_assert!`s of invariants already broken;
+/// - `grace/cell.rs`, a cell's writer lock (`Mutex<()>`, no data): a panic in `update`'s closure
 ///   comes before the new value is published, and leaves the value unchanged;
 /// - `futex/parking.rs`, the parking table: `Vec` push and retain;
-/// - `registry.rs`, a registry's control lock, once it uses this type: its only panic (a full
+/// - `registry/mod.rs`, a registry's control lock, once it uses this type: its only panic (a full
 ///   registry) comes before any change.
 ///
 /// Poisoning is not a memory-safety mechanism, so recovering is always memory-safe; the list
