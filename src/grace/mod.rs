@@ -3,9 +3,9 @@
 //!
 //! # Algorithm
 //!
-//! A domain has two phases, each a set of folding per-CPU counters (`counter/per_cpu/slots.rs`, shared with
-//! [`PerCpuDrainable`](crate::PerCpuDrainable)), and a `phase` word saying where new readers
-//! go.
+//! A domain has two phases, each a set of folding per-CPU counters (`counter/per_cpu/slots.rs`,
+//! shared with [`PerCpuDrainable`](crate::PerCpuDrainable)), and a `phase` word saying where new
+//! readers go.
 //!
 //! - **enter**: read `phase` (`Acquire`), increment the current CPU's slot of that phase. If
 //!   the slot is folded, a grace period has flipped the phase in between: read `phase` again

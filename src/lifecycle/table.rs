@@ -8,11 +8,11 @@
 //! their drainable stays closed for good (as a leaked guard keeps it from draining), and if it
 //! is then dropped or moved, its entry stays behind, stale. The next drainable to use that
 //! address removes it as its pending field climbs to the limit, before any close of its own can
-//! be counted here (`state::add_pending`). So a stale entry is never taken for a live close,
+//! be counted here (`Word::add_pending`). So a stale entry is never taken for a live close,
 //! and stale entries are bounded by the leaked ones.
 //!
 //! Today an entry holds the reversible closes beyond what the word's pending field counts
-//! (`state::PENDING_SPILL`). The table is a fixed array of shards, each a mutex over a short
+//! (`word::PENDING_SPILL`). The table is a fixed array of shards, each a mutex over a short
 //! list; a shard lock is taken only on cold paths (a drainable with that many reversible closes
 //! live at once), never by a guard.
 

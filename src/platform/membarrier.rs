@@ -1,6 +1,6 @@
-//! The two halves of the thread-local entries' handshake (`counter/per_cpu/records.rs`): the *light* barrier
-//! of the acquirer and releaser, and the process-wide *heavy* barrier of the drainer, with
-//! its fallbacks:
+//! The two halves of the thread-local entries' handshake (`counter/per_cpu/records.rs`): the
+//! *light* barrier of the acquirer and releaser, and the process-wide *heavy* barrier of the
+//! drainer, with its fallbacks:
 //!
 //! 1. `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` (Linux, Android): registered once per
 //!    process ([`heavy_barrier_registered`]); it runs a full barrier on every CPU that runs a
@@ -20,8 +20,8 @@ use std::time::Instant;
 
 pub(crate) use super::signal_barrier::{watch_forks, Handshake};
 
-/// The threads a signal barrier must reach: implemented by the record list (`counter/per_cpu/records.rs`),
-/// which is the caller's, not the platform's.
+/// The threads a signal barrier must reach: implemented by the record list
+/// (`counter/per_cpu/records.rs`), which is the caller's, not the platform's.
 pub(crate) trait Owners: 'static {
     /// Calls `f` with every record's handshake and `in_use` flag. The signal barrier calls
     /// this from its signal handler too: it must only load atomics and data that no longer
@@ -55,8 +55,8 @@ pub(crate) fn light_barrier() {
 /// (`platform/signal_barrier.rs`).
 pub(crate) fn heavy_barrier<O: Owners>(deadline: Option<Instant>) -> Result<(), ()> {
     // The language-level half (all of it under Miri and loom): pairs with the callers'
-    // `SeqCst` fences (`counter/per_cpu/records.rs`: `wake_waiters`; the light barrier under the models), and
-    // costs nothing next to the system call.
+    // `SeqCst` fences (`counter/per_cpu/records.rs`: `wake_waiters`; the light barrier under
+    // the models), and costs nothing next to the system call.
     fence(Ordering::SeqCst);
     #[cfg(not(any(miri, drainable_loom)))]
     return os::expedited::<O>(deadline);

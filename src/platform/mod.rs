@@ -72,7 +72,7 @@ pub(crate) use std::sync::atomic::compiler_fence;
 
 /// Whether this build runs under a model of the machine: Miri or loom. Sizes that only slow a
 /// model down, or keep its tests from reaching an edge with a few operations, shrink under it
-/// ([`SPIN_LIMIT`], `local::ENTRIES`).
+/// ([`SPIN_LIMIT`], `records::ENTRIES`).
 pub(crate) const MODEL: bool = cfg!(any(miri, drainable_loom));
 
 /// Whether this build is a loom model (`--cfg drainable_loom`): every atomic access is a

@@ -1,5 +1,5 @@
-//! The signal barrier: the heavy barrier of the thread-local entries (`counter/per_cpu/records.rs`) once
-//! `membarrier` is refused after start-up.
+//! The signal barrier: the heavy barrier of the thread-local entries
+//! (`counter/per_cpu/records.rs`) once `membarrier` is refused after start-up.
 //!
 //! A sandbox may install a seccomp filter after the process registered for
 //! `MEMBARRIER_CMD_PRIVATE_EXPEDITED` and handed out records. Records cannot be taken back
