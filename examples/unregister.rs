@@ -1,5 +1,5 @@
-//! The seed's scenario, end to end: a callback with private data is registered, called from
-//! several threads, then unregistered by draining, and its data freed the moment the drain
+//! The 2003 proposal's scenario, end to end: a callback with private data is registered, called
+//! from several threads, then unregistered by draining, and its data freed the moment the drain
 //! returns. Prints what happened and checks that no call ran after the unregister returned.
 //!
 //! ```text

@@ -40,20 +40,20 @@ use std::time::{Duration, Instant};
 /// # Costs and guarantees
 ///
 /// - [`try_acquire`](Self::try_acquire) and dropping a [`Guard`]: lock-free.
-///   [`Drainable`]: a relaxed load and a `fetch_add` on the shared word, then a `fetch_sub`,
-///   no CAS loop; all readers share that cache line, so under heavy multi-core use it
-///   bounces. [`PerCpuDrainable`], on Linux with `membarrier`: two loads and a
-///   plain store into the thread's own entry, then a plain store and a load, no
-///   read-modify-write at all; elsewhere, and for [`OwnedGuard`]s, a CAS on the current
-///   CPU's slot (retried only if a thread on the same CPU changed it in between) and a
+///   [`Drainable`]: a relaxed load and a `fetch_add` on the shared word, then a `fetch_sub`, no CAS
+///   loop; all readers share that cache line, so under heavy multi-core use it bounces.
+///   [`PerCpuDrainable`], on Linux with `membarrier`: loads of the thread's record, the word and a
+///   free entry, a plain store into that entry and one more load of the word; dropping is a plain
+///   store and a load: no read-modify-write at all; elsewhere, and for [`OwnedGuard`]s, a CAS on
+///   the current CPU's slot (retried only if a thread on the same CPU changed it in between) and a
 ///   `fetch_sub` on that slot. Readers on different CPUs never write the same line.
 /// - [`drain`](Self::drain): blocking and starvation-free. Once closed it waits only for the
 ///   guards taken before the close, however busy the acquirers are: a failed acquisition does
 ///   not write to the word once the close is visible to it.
 /// - `size_of::<Drainable<()>>() == 4` (16 in builds with `debug_assertions`, which keep a
-///   key for the deadlock detector), and its `Guard` is one pointer. A `PerCpuDrainable`
-///   takes about 56 bytes plus 128 per slot, plus 128 bytes per thread for the whole process
-///   (see [`PerCpu`]); its `Guard` adds where the guard is counted (two words).
+///   key for the deadlock detector), and its `Guard` is one pointer. A `PerCpuDrainable` takes 64
+///   bytes (`PerCpuDrainable<()>`, release builds) plus 128 per slot, plus 128 bytes per thread for
+///   the whole process (see [`PerCpu`]); its `Guard` adds where the guard is counted (two words).
 ///
 /// # Leaked guards
 ///
@@ -265,7 +265,7 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
     /// [`drain_timeout`](Self::drain_timeout) closed it, until it is reopened).
     ///
     /// Lock-free: for [`Drainable`] one relaxed load and one `fetch_add`, no CAS loop; for
-    /// [`PerCpuDrainable`] two loads and a plain store into this thread's entry (or, without
+    /// [`PerCpuDrainable`] a few loads and a plain store into this thread's entry (or, without
     /// `membarrier` or past four guards held at once, one uncontended CAS on the current
     /// CPU's slot). A successful
     /// acquisition *acquires* what opened it, so everything done before the
@@ -421,9 +421,10 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
         }
     }
 
-    /// The seed's `prepare_deregister`: closes to new guards at once, reversibly, without
-    /// waiting. The returned [`PendingDrain`] then either [`commit`](PendingDrain::commit)s
-    /// (wait for the guards), or [`undo`](PendingDrain::undo)es (reopen); dropping it undoes.
+    /// The `prepare_deregister` of the 2003 proposal (see the crate docs): closes to new guards at
+    /// once, reversibly, without waiting. The returned [`PendingDrain`] then either
+    /// [`commit`](PendingDrain::commit)s (wait for the guards), or [`undo`](PendingDrain::undo)es
+    /// (reopen); dropping it undoes.
     ///
     /// Never waits for guards: a CAS loop on the control bits, contended only by other
     /// control operations (a [`PerCpuDrainable`] also takes its short control lock to fold
@@ -758,7 +759,7 @@ impl<T: ?Sized + fmt::Debug, C: Counter> fmt::Debug for OwnedGuard<T, C> {
 /// to new guards; [`commit`](Self::commit) waits for the existing ones, [`undo`](Self::undo)
 /// reopens. Dropping it uncommitted undoes it.
 ///
-/// This is the seed thread's `prepare_deregister` / `commit_deregister` / `undo_deregister`,
+/// This is the 2003 proposal's `prepare_deregister` / `commit_deregister` / `undo_deregister`,
 /// for callers that must not sleep at the moment they decide to remove something.
 ///
 /// ```

@@ -26,11 +26,11 @@
 //!
 //! # A ready-made callback registry
 //!
-//! [`Registry<T>`] is the seed's `register_foo` / `unregister_foo` built on drainables: callers
-//! run [`for_each`](Registry::for_each) lock-free over every registered value, and
-//! [`unregister`](Registry::unregister) returns the value only once no call into it is in
-//! flight, so `unregister(handle); drop(data);` is sound. It also removes several entries at
-//! once (closing all before waiting), reversibly ([`PendingRemoval`]), or with a deadline.
+//! [`Registry<T>`] is the 2003 proposal's `register_foo` / `unregister_foo` built on drainables:
+//! callers run [`for_each`](Registry::for_each) lock-free over every registered value, and
+//! [`unregister`](Registry::unregister) returns the value only once no call into it is in flight,
+//! so `unregister(handle); drop(data);` is sound. It also removes several entries at once (closing
+//! all before waiting), reversibly ([`PendingRemoval`]), or with a deadline.
 //!
 //! ```
 //! use drainable::Registry;

@@ -5,7 +5,7 @@
 //! 1. **rseq** (Linux, glibc >= 2.35, x86-64 and AArch64): glibc registers a restartable-sequences
 //!    area for every thread and exports its offset from the thread pointer as `__rseq_offset`.
 //!    The kernel keeps `cpu_id` in that area current, so the CPU number is one load relative to
-//!    the thread pointer: 0.76 ns here (ClickHouse measured about 0.3 ns, anchors.md).
+//!    the thread pointer: 0.76 ns here (ClickHouse reports about 0.3 ns for the same read).
 //! 2. **`sched_getcpu`**: a vDSO call; measured 2.46 ns here against 0.76 ns for rseq
 //!    (`bench/benches/cpu_id.rs`, docs/benchmarks.md), so it is not used.
 //! 3. **A per-thread index**: each thread takes the next number from a global counter the first

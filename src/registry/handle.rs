@@ -59,7 +59,7 @@ impl<T> fmt::Debug for Registration<T> {
 /// calls; [`commit`](Self::commit) waits for the calls in flight and hands the value back,
 /// [`undo`](Self::undo) reopens the entry and hands the registration back.
 ///
-/// This is the seed thread's `prepare_deregister` / `commit_deregister` /
+/// This is the 2003 proposal's `prepare_deregister` / `commit_deregister` /
 /// `undo_deregister`. Dropping it uncommitted undoes it: the entry is live again, and, with
 /// its registration gone, stays registered until the registry is dropped (as after dropping
 /// the [`Registration`]). Undoing is the drop that cannot block or lose a value; call

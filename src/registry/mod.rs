@@ -1,5 +1,5 @@
 //! [`Registry<T>`]: a callback registry whose removal blocks until no call into the removed
-//! entry is in flight, so `unregister(handle); drop(data);` is sound: the seed thread's
+//! entry is in flight, so `unregister(handle); drop(data);` is sound: the 2003 proposal's
 //! `register_foo` / `deregister(); kfree(my_data)`, ready-made.
 //!
 //! # Design
@@ -61,11 +61,11 @@ type Slot<T, C> = DrainableWith<platform::UnsafeCell<Option<T>>, C>;
 /// A set of callbacks (or any values) that many threads call lock-free, and whose removal
 /// blocks until no call into the removed entry is in flight.
 ///
-/// This is the seed's `register_foo` / `unregister_foo`: after [`unregister`](Self::unregister)
-/// returns, no callback is running on the entry and none will start, so the value it hands
-/// back (and anything it points to) may be freed on the next line. Where the remover cannot
-/// wait, [`prepare_unregister`](Self::prepare_unregister) closes the entry reversibly, and
-/// [`unregister_timeout`](Self::unregister_timeout) is "unload or fail".
+/// This is the 2003 proposal's `register_foo` / `unregister_foo`: after
+/// [`unregister`](Self::unregister) returns, no callback is running on the entry and none will
+/// start, so the value it hands back (and anything it points to) may be freed on the next line.
+/// Where the remover cannot wait, [`prepare_unregister`](Self::prepare_unregister) closes the entry
+/// reversibly, and [`unregister_timeout`](Self::unregister_timeout) is "unload or fail".
 ///
 /// `C` picks how the calls in flight are counted, per entry: [`Shared`] (the default; one
 /// word per entry) or [`PerCpu`](crate::PerCpu) (per-CPU counters, so callers on different
@@ -440,7 +440,7 @@ impl<T, C: Counter> Registry<T, C> {
         pending.into_iter().map(PendingRemoval::commit).collect()
     }
 
-    /// The seed's `prepare_deregister`: closes the entry to new calls at once, without
+    /// The 2003 proposal's `prepare_deregister`: closes the entry to new calls at once, without
     /// waiting, reversibly. The [`PendingRemoval`] then [`commit`](PendingRemoval::commit)s
     /// (waits, and hands the value back) or [`undo`](PendingRemoval::undo)es (the entry is
     /// live again, and the registration is handed back).

@@ -47,11 +47,11 @@ use std::time::Instant;
 ///
 /// # Memory
 ///
-/// Per drainable: `128 × slots` bytes on the heap, `slots` being the number of CPUs rounded
-/// up to a power of two and capped at 64 (CPUs beyond share slots; correctness does not depend
-/// on it), plus about 56 bytes inline. Per process: one 128-byte record per thread alive at
-/// once that has taken a per-CPU guard, shared by all per-CPU drainables (reused when the
-/// thread exits, never freed).
+/// Per drainable: `128 × slots` bytes on the heap, `slots` being the number of CPUs rounded up to a
+/// power of two and capped at 64 (CPUs beyond share slots; correctness does not depend on it), plus
+/// 56 bytes inline (64 for a `PerCpuDrainable<()>` in release builds). Per process: one 128-byte
+/// record per thread alive at once that has taken a per-CPU guard, shared by all per-CPU drainables
+/// (reused when the thread exits, never freed).
 ///
 /// ```
 /// let d = drainable::PerCpuDrainable::new(());
