@@ -467,6 +467,7 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
     /// assert!(d.reopen());
     /// assert!(d.try_acquire().is_some());
     /// ```
+    #[must_use = "`false` means nothing was reopened (not drained, or a PendingDrain is live)"]
     pub fn reopen(&self) -> bool {
         self.counter.open(&self.state, Open::Reopen)
     }

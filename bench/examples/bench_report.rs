@@ -27,6 +27,12 @@ const CALLBACK_CASES: &[(&str, &str)] = &[
     ("run_down", "`run_down::RundownRef::try_acquire` + drop"),
 ];
 
+/// Ends the report with a message for the user, not a panic and its backtrace.
+fn fail(message: &str) -> ! {
+    eprintln!("bench_report: {message}");
+    std::process::exit(1)
+}
+
 fn main() {
     let run = !std::env::args().any(|a| a == "--no-run");
     // This crate (bench/), where criterion writes, and the repository root, where the docs are.
@@ -43,14 +49,22 @@ fn main() {
             ])
             .current_dir(&bench)
             .status()
-            .expect("cargo bench");
-        assert!(status.success(), "cargo bench failed");
+            .unwrap_or_else(|e| fail(&format!("could not start `cargo bench`: {e}")));
+        if !status.success() {
+            fail(&format!(
+                "`cargo bench` failed ({status}); its output is above"
+            ));
+        }
     }
-    let results = read_medians(&bench.join("target/criterion"));
-    assert!(
-        !results.is_empty(),
-        "no criterion results: run without --no-run first"
-    );
+    let criterion = bench.join("target/criterion");
+    let results = read_medians(&criterion);
+    if results.is_empty() {
+        fail(&format!(
+            "no criterion results in {}: run without --no-run first (it runs the suite, about \
+             5 minutes)",
+            criterion.display()
+        ));
+    }
 
     let mut md = String::new();
     header(&mut md);
@@ -65,7 +79,9 @@ fn main() {
     );
     latency_table(&mut md, &results, "cpu_id", "Slot selection", CPU_ID_NOTES);
     memory_table(&mut md);
-    std::fs::write(root.join("docs/benchmarks.md"), md).expect("write docs/benchmarks.md");
+    let page = root.join("docs/benchmarks.md");
+    std::fs::write(&page, md)
+        .unwrap_or_else(|e| fail(&format!("could not write {}: {e}", page.display())));
     plot(&root.join("docs/callback-threads.svg"), &results);
     println!("wrote docs/benchmarks.md and docs/callback-threads.svg");
 }

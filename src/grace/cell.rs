@@ -285,6 +285,18 @@ impl<T: Default> Default for GraceCell<T> {
     }
 }
 
+impl<T> From<T> for GraceCell<T> {
+    /// A cell holding `value` in its own domain, as [`GraceCell::new`].
+    ///
+    /// ```
+    /// let c: drainable::GraceCell<&str> = "v1".into();
+    /// assert_eq!(*c.read(), "v1");
+    /// ```
+    fn from(value: T) -> Self {
+        Self::new(value)
+    }
+}
+
 impl<T: fmt::Debug> fmt::Debug for GraceCell<T> {
     /// Formats the current value (read inside a section).
     ///

@@ -270,6 +270,7 @@ impl GraceDomain {
     /// let cookie = d.start_grace_period();
     /// assert!(d.poll_grace_period(cookie)); // no reader: done at once
     /// ```
+    #[must_use = "the cookie is the only way to ask whether this grace period has ended"]
     pub fn start_grace_period(&self) -> GraceCookie {
         let mut steps = self.lock_steps();
         self.finish_if_done(&mut steps);

@@ -368,6 +368,7 @@ impl<T, C: Counter> Registry<T, C> {
     /// assert_eq!(r.iter().count(), 3);
     /// r.unregister_all(hs);
     /// ```
+    #[must_use = "an iterator does nothing unless consumed"]
     pub fn iter(&self) -> RegistryIter<'_, T, C> {
         RegistryIter::new(self.storage.chunks())
     }
