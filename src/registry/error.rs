@@ -66,6 +66,22 @@ impl<T> UnregisterTimeoutError<T> {
     pub fn into_registration(self) -> Registration<T> {
         self.registration
     }
+
+    /// The registration and the typed cause, without a [`source`](Error::source) downcast.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let r = drainable::Registry::new();
+    /// let h = r.register(5);
+    /// let call = r.iter().next();
+    /// let (h, cause) = r.unregister_timeout(h, Duration::ZERO).unwrap_err().into_parts();
+    /// assert_eq!(cause.outstanding(), 1);
+    /// drop(call);
+    /// assert_eq!(r.unregister(h), 5);
+    /// ```
+    pub fn into_parts(self) -> (Registration<T>, DrainTimeoutError) {
+        (self.registration, self.error)
+    }
 }
 
 impl<T> fmt::Debug for UnregisterTimeoutError<T> {

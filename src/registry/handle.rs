@@ -38,6 +38,36 @@ pub struct Registration<T> {
     pub(super) _value: PhantomData<fn() -> T>,
 }
 
+/// Two registrations are equal when they name the same entry of the same registry. A
+/// registration is not `Clone` and its slot is reused only after it is consumed, so two live
+/// registrations are never equal: a registration can key a map of live entries.
+///
+/// ```
+/// use std::collections::HashMap;
+///
+/// let r = drainable::Registry::new();
+/// let (a, b) = (r.register("a"), r.register("b"));
+/// assert!(a != b);
+/// let mut names = HashMap::new();
+/// names.insert(a, "first");
+/// names.insert(b, "second");
+/// assert_eq!(names.len(), 2);
+/// r.unregister_all(names.into_keys());
+/// ```
+impl<T> PartialEq for Registration<T> {
+    fn eq(&self, other: &Self) -> bool {
+        (self.registry, self.index) == (other.registry, other.index)
+    }
+}
+
+impl<T> Eq for Registration<T> {}
+
+impl<T> std::hash::Hash for Registration<T> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self.registry, self.index).hash(state);
+    }
+}
+
 impl<T> fmt::Debug for Registration<T> {
     /// Shows the issuing registry's number and the entry's slot.
     ///
