@@ -45,6 +45,14 @@
 
 pub(crate) mod cell;
 pub(crate) mod cpu;
+// `--cfg drainable_loom` swaps every atomic for loom's, which the optional `__loom` feature
+// brings in (loom-tests turns it on under that cfg). Say so, rather than "unresolved crate".
+#[cfg(all(drainable_loom, not(feature = "__loom")))]
+compile_error!(
+    "--cfg drainable_loom needs drainable's internal `__loom` feature: run the model tests \
+     with `cargo test -p drainable-loom-tests` (which turns it on)"
+);
+
 mod futex;
 mod membarrier;
 mod mutex;

@@ -440,7 +440,7 @@ mod linux {
                 {
                     self.state = Sent::Gone;
                 } else if now - start >= REPORT_AFTER
-                    && !ours::<O>(signal)
+                    && !ours(signal)
                     && status(self.tid).is_some_and(|s| {
                         !s.blocks(signal) && !matches!(s.state, b'T' | b't' | b'D')
                     })
@@ -573,13 +573,21 @@ mod linux {
             unsafe { libc::sigaction(signal, &previous, std::ptr::null_mut()) };
             return Ok(false);
         }
+        // Relaxed: written once, before `signal`'s OnceLock publishes the signal to every
+        // barrier that later reads it.
+        INSTALLED.store(action.sa_sigaction, Ordering::Relaxed);
         Ok(true)
     }
 
+    /// The handler address `take` installed: what `ours` compares with, rather than taking
+    /// `handler::<O>`'s address again (a generic function may have more than one copy, and
+    /// copies need not compare equal).
+    static INSTALLED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
     /// Whether `signal` still runs drainable's handler.
-    fn ours<O: Owners>(signal: libc::c_int) -> bool {
-        disposition(signal)
-            == Some(handler::<O> as extern "C" fn(libc::c_int) as libc::sighandler_t)
+    fn ours(signal: libc::c_int) -> bool {
+        // Relaxed: see `INSTALLED`.
+        disposition(signal) == Some(INSTALLED.load(Ordering::Relaxed))
     }
 
     /// The current handler of `signal` (`SIG_DFL`, `SIG_IGN` or an address).
