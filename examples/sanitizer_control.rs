@@ -19,8 +19,8 @@
 use std::cell::UnsafeCell;
 use std::hint::black_box;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Barrier;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::thread;
 
 const USAGE: &str = "usage: sanitizer_control race|use-after-free|leak  \

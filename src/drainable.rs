@@ -10,7 +10,7 @@
 
 use crate::counter::sealed::CounterImpl;
 use crate::counter::{Close, Counter, Outstanding, PerCpu, Shared};
-use crate::lifecycle::{self, track, Hold, Open, Phase, Refused, Word};
+use crate::lifecycle::{self, Hold, Open, Phase, Refused, Word, track};
 use crate::platform::Ordering;
 use std::error::Error;
 use std::fmt;

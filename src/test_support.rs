@@ -7,11 +7,7 @@ use std::thread::Scope;
 
 /// Iteration counts shrink under Miri, which interprets every instruction.
 pub(crate) const fn iters(native: usize, miri: usize) -> usize {
-    if cfg!(miri) {
-        miri
-    } else {
-        native
-    }
+    if cfg!(miri) { miri } else { native }
 }
 
 /// Spawns a thread that takes a guard (or a read section, or a read) with `take`, and returns

@@ -1,10 +1,10 @@
 //! Unit tests of the public types, run natively and under Miri. Tests only: helpers shared
 //! with other modules' tests are in `test_support.rs`.
 
-use crate::test_support::{hold_on_thread, iters, Counted};
+use crate::test_support::{Counted, hold_on_thread, iters};
 use crate::*;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::Duration;
 

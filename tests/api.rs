@@ -7,17 +7,13 @@ use std::cell::{Cell, UnsafeCell};
 use std::error::Error;
 use std::fmt::{Debug, Display};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{mpsc, Arc};
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
 /// Picks the native or the Miri count.
 const fn n(native: usize, miri: usize) -> usize {
-    if cfg!(miri) {
-        miri
-    } else {
-        native
-    }
+    if cfg!(miri) { miri } else { native }
 }
 
 /// A generous bound for waits that must succeed, so that a failure is an assertion failure and
@@ -824,7 +820,7 @@ fn what_precedes_a_reopen_happens_before_later_guards() {
     let config: Shared<(u64, u64)> = Shared(UnsafeCell::new((0, 0)));
     let d = Drainable::new(&config);
     let stop = AtomicBool::new(false);
-    let gen = AtomicU64::new(0);
+    let generation = AtomicU64::new(0);
     let (bad, reads) = (AtomicUsize::new(0), AtomicUsize::new(0));
     thread::scope(|s| {
         for _ in 0..2 {
@@ -832,7 +828,7 @@ fn what_precedes_a_reopen_happens_before_later_guards() {
                 while !stop.load(Relaxed) {
                     if let Some(g) = d.try_acquire() {
                         // The generation published before the reopen that let this guard in.
-                        let min = gen.load(Relaxed);
+                        let min = generation.load(Relaxed);
                         // SAFETY: written only while no guard can exist.
                         let (a, b) = unsafe { g.get() };
                         if a != b || a < min {
@@ -852,14 +848,14 @@ fn what_precedes_a_reopen_happens_before_later_guards() {
                 d.drain();
                 // SAFETY: drained: no guard exists or can be taken until the reopen.
                 unsafe { config.set((i, i)) };
-                gen.store(i, Relaxed);
+                generation.store(i, Relaxed);
                 assert!(d.reopen());
             } else {
                 let p = d.prepare_drain();
                 p.commit_timeout(PATIENCE).map_err(|_| ()).expect("drained");
                 // SAFETY: as above.
                 unsafe { config.set((i, i)) };
-                gen.store(i, Relaxed);
+                generation.store(i, Relaxed);
                 assert!(d.reopen());
             }
         }

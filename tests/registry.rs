@@ -14,11 +14,7 @@ use std::time::{Duration, Instant};
 
 /// Picks the native or the Miri value.
 const fn n(native: usize, miri: usize) -> usize {
-    if cfg!(miri) {
-        miri
-    } else {
-        native
-    }
+    if cfg!(miri) { miri } else { native }
 }
 
 /// How long a bounded wait may take before the test fails instead of hanging.

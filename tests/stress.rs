@@ -11,17 +11,13 @@ use drainable::Drainable;
 use std::hint::spin_loop;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize};
-use std::sync::{mpsc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
 /// Picks the native or the Miri count.
 const fn n(native: usize, miri: usize) -> usize {
-    if cfg!(miri) {
-        miri
-    } else {
-        native
-    }
+    if cfg!(miri) { miri } else { native }
 }
 
 /// How long a bounded wait may take before the test fails instead of hanging.

@@ -193,7 +193,7 @@ impl Canary {
         let alive = unsafe {
             self.word.get() == ALIVE
                 && (*heap).get() == ALIVE
-                && seen.map_or(true, |seen| (*seen).get() == ALIVE)
+                && seen.is_none_or(|seen| (*seen).get() == ALIVE)
         };
         (alive, heap)
     }

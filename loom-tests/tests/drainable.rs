@@ -21,7 +21,7 @@ mod scenarios;
 #[test]
 fn a_late_drain_returns_no_later_than_a_later_drain() {
     use drainable_loom_tests::atomic::{AtomicBool, Ordering};
-    use drainable_loom_tests::{model, spawn_with, thread, Cell};
+    use drainable_loom_tests::{Cell, model, spawn_with, thread};
     use std::sync::Arc;
 
     model(|| {

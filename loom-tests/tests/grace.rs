@@ -5,7 +5,7 @@
 
 use drainable::{GraceCell, GraceDomain};
 use drainable_loom_tests::atomic::{AtomicBool, Ordering};
-use drainable_loom_tests::{model, thread, Cell};
+use drainable_loom_tests::{Cell, model, thread};
 use std::sync::Arc;
 
 const POISON: u32 = 0xdead;

@@ -28,7 +28,7 @@ mod scenarios;
 /// which loom models as a pair of `SeqCst` fences.
 mod local_entries {
     use super::Drainable;
-    use drainable_loom_tests::{model, thread, Cell};
+    use drainable_loom_tests::{Cell, model, thread};
     use std::sync::Arc;
 
     type Canary = Arc<Cell<u32>>;

@@ -14,7 +14,7 @@
 
 use drainable::{Counter, PerCpu, Registry, Shared};
 use drainable_loom_tests::atomic::{AtomicBool, AtomicU32, Ordering};
-use drainable_loom_tests::{model, spawn_with, Cell};
+use drainable_loom_tests::{Cell, model, spawn_with};
 use std::sync::Arc;
 use std::time::Duration;
 

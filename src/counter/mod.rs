@@ -13,10 +13,10 @@
 mod per_cpu;
 mod shared;
 
+pub use per_cpu::PerCpu;
 #[cfg(test)]
 pub(crate) use per_cpu::records;
 pub(crate) use per_cpu::slots;
-pub use per_cpu::PerCpu;
 pub use shared::Shared;
 
 /// How a drainable counts its guards: [`Shared`] (one word, the default) or [`PerCpu`].

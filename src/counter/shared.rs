@@ -1,6 +1,6 @@
 //! The single-word counter: guards are counted in the lifecycle word itself.
 
-use super::{sealed, Close, Counter, Outstanding};
+use super::{Close, Counter, Outstanding, sealed};
 use crate::lifecycle::{self, Closing, Hold, Open, Refused, Word};
 use std::time::Instant;
 

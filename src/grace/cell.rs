@@ -353,7 +353,7 @@ mod tests {
     use std::thread;
     use std::time::Duration;
 
-    use crate::test_support::{hold_on_thread, iters, Counted};
+    use crate::test_support::{Counted, hold_on_thread, iters};
 
     #[test]
     #[cfg_attr(not(debug_assertions), ignore = "detection is a debug-build check")]

@@ -13,5 +13,5 @@ pub(crate) mod track;
 pub(crate) mod word;
 
 pub(crate) use word::{
-    count, is_closed, phase, Closing, Hold, Open, Phase, Refused, Token, Word, MAX_GUARDS,
+    Closing, Hold, MAX_GUARDS, Open, Phase, Refused, Token, Word, count, is_closed, phase,
 };

@@ -118,11 +118,7 @@ mod rseq {
             // `unsigned int`, both constant after start-up.
             let (off, size) = unsafe { (*(off as *const isize), *(size as *const u32)) };
             // A size of 0 means rseq registration is disabled (e.g. by a glibc tunable).
-            if size == 0 {
-                UNAVAILABLE
-            } else {
-                off
-            }
+            if size == 0 { UNAVAILABLE } else { off }
         };
         OFFSET.store(value, Ordering::Relaxed);
         value

@@ -15,10 +15,10 @@
 //! Under Miri and loom both barriers are `SeqCst` fences, which is the model of the pair
 //! (and, under loom, what the model checker explores).
 
-use super::{fence, AtomicBool, Ordering};
+use super::{AtomicBool, Ordering, fence};
 use std::time::Instant;
 
-pub(crate) use super::signal_barrier::{watch_forks, Handshake};
+pub(crate) use super::signal_barrier::{Handshake, watch_forks};
 
 /// The threads a signal barrier must reach: implemented by the record list
 /// (`counter/per_cpu/records.rs`), which is the caller's, not the platform's.

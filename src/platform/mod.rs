@@ -60,18 +60,18 @@ mod signal_barrier;
 
 pub(crate) use cell::UnsafeCell;
 pub(crate) use membarrier::{
-    heavy_barrier, heavy_barrier_registered, light_barrier, watch_forks, Handshake, Owners,
+    Handshake, Owners, heavy_barrier, heavy_barrier_registered, light_barrier, watch_forks,
 };
 pub(crate) use mutex::{Mutex, MutexGuard};
 
 #[cfg(not(drainable_loom))]
 pub(crate) use std::sync::atomic::{
-    fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+    AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence,
 };
 
 #[cfg(drainable_loom)]
 pub(crate) use loom::sync::atomic::{
-    fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+    AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence,
 };
 
 /// Only the real builds use it: under Miri and loom the acquirer side runs a full fence.

@@ -158,7 +158,7 @@ mod stub {
 ))]
 mod linux {
     use crate::platform::membarrier::Owners;
-    use crate::platform::{self, futex, AtomicBool, AtomicU32, AtomicU64, Ordering};
+    use crate::platform::{self, AtomicBool, AtomicU32, AtomicU64, Ordering, futex};
     use std::sync::OnceLock;
     use std::time::{Duration, Instant};
 
@@ -718,9 +718,9 @@ mod linux {
     #[cfg(test)]
     mod tests {
         use super::*;
+        use crate::PerCpuDrainable;
         use crate::counter::records::RecordList;
         use crate::platform::heavy_barrier_registered;
-        use crate::PerCpuDrainable;
         use std::sync::mpsc;
         use std::thread;
 

@@ -2,7 +2,7 @@
 //! yields for each entry it gets into.
 
 use super::storage::Chunks;
-use super::{value, Registry, Slot};
+use super::{Registry, Slot, value};
 use crate::counter::{Counter, Shared};
 use crate::drainable::Guard;
 use crate::platform;

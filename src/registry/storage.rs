@@ -40,11 +40,7 @@ const BASE: usize = 1 << BASE_SHIFT;
 const MAX_CHUNKS: usize = {
     let fits = (usize::BITS - BASE_SHIFT - 1) as usize;
     let want = if crate::platform::LOOM { 4 } else { 32 };
-    if fits < want {
-        fits
-    } else {
-        want
-    }
+    if fits < want { fits } else { want }
 };
 
 /// Slots in chunk `k`.

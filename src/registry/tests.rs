@@ -4,10 +4,10 @@
 use super::storage::capacity;
 use super::*;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{Arc, mpsc};
 use std::thread;
 
-use crate::test_support::{iters, Counted};
+use crate::test_support::{Counted, iters};
 
 #[test]
 fn foreign_registration_panics_with_a_clear_message() {

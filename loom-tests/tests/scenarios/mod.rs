@@ -13,7 +13,7 @@
 
 use super::{Drainable, OwnedGuard};
 use drainable_loom_tests::atomic::{AtomicBool, AtomicU32, Ordering};
-use drainable_loom_tests::{model, spawn_with, thread, Cell};
+use drainable_loom_tests::{Cell, model, spawn_with, thread};
 use std::sync::Arc;
 use std::time::Duration;
 

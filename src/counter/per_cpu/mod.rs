@@ -4,7 +4,7 @@
 pub(crate) mod records;
 pub(crate) mod slots;
 
-use super::{sealed, Close, Counter, Outstanding};
+use super::{Close, Counter, Outstanding, sealed};
 use crate::lifecycle::{Closing, Hold, Open, Refused, Token, Word};
 use crate::platform::{self, AtomicU64, Mutex, MutexGuard, Ordering};
 use records::{LocalHold, Waited};
@@ -191,7 +191,7 @@ impl sealed::CounterImpl for PerCpu {
             Err(()) => {
                 return Err(Outstanding(
                     records::outstanding(self.id).max(1) + self.slots.outstanding(),
-                ))
+                ));
             }
         };
         if over && hold == Hold::Committed {
