@@ -78,7 +78,12 @@ fn run(f: impl Fn() + Sync + Send + 'static) {
     // starts. std serialises `set_var` with every `std::env::var`, which is how loom reads it.
     DEFAULT_BOUND.call_once(|| {
         if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
-            std::env::set_var("LOOM_MAX_PREEMPTIONS", DEFAULT_MAX_PREEMPTIONS.to_string());
+            // SAFETY: inside `call_once`, before the first model of this process starts its
+            // threads; the other test threads read the environment only through std, which
+            // serialises with this write (the hazard is C code reading `environ`; none runs).
+            unsafe {
+                std::env::set_var("LOOM_MAX_PREEMPTIONS", DEFAULT_MAX_PREEMPTIONS.to_string())
+            };
         }
     });
     loom::model(f);
