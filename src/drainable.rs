@@ -11,13 +11,14 @@
 use crate::counter::sealed::CounterImpl;
 use crate::counter::{Close, Counter, Outstanding, PerCpu, Shared};
 use crate::lifecycle::{self, Hold, Open, Phase, Refused, Word, track};
-use crate::platform::Ordering;
+use crate::platform::{Ordering, Pending, Task, TaskWaiter};
 use std::error::Error;
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Deref;
 use std::ptr::{self, NonNull};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// A `T` that readers use through guards and that can be *drained*: closed to new guards, then
@@ -876,6 +877,38 @@ impl<'a, T: ?Sized, C: Counter> PendingDrain<'a, T, C> {
 impl<T: ?Sized, C: Counter> Drop for PendingDrain<'_, T, C> {
     fn drop(&mut self) {
         self.drainable.undo_pending();
+    }
+}
+
+/// The task side of a commit, for the futures in `awaiting/`.
+impl<T: ?Sized, C: Counter> PendingDrain<'_, T, C> {
+    /// One poll of [`commit`](Self::commit): `Ready` once the drain is committed (the pending
+    /// close traded in: the caller then forgets `self`), else the task's waker is filed and
+    /// `Pending`. `waiter` and `state` are the future's, kept across polls.
+    pub(crate) fn poll_commit(
+        &self,
+        waiter: &mut TaskWaiter,
+        state: &mut C::WaitState,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        let d = self.drainable;
+        let mut park = Task { waiter, cx };
+        match d
+            .counter
+            .wait_with(&d.state, Hold::Pending, self.close, None, &mut park, state)
+        {
+            Ok(Ok(())) => Poll::Ready(()),
+            // Only a deadline ends a wait with an error, and a task's wait has none.
+            Ok(Err(_)) => unreachable!("a wait without a deadline timed out"),
+            Err(Pending) => Poll::Pending,
+        }
+    }
+
+    /// A task that polled [`poll_commit`](Self::poll_commit) into `Pending` gives up (its
+    /// future is dropped): takes `WAITING` down, as a timed-out wait does (the other waiters
+    /// set it again). The pending close is then undone by dropping `self`.
+    pub(crate) fn stop_waiting(&self) {
+        self.drainable.state.stop_waiting();
     }
 }
 

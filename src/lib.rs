@@ -68,6 +68,7 @@
 )]
 #![doc(test(attr(deny(warnings))))]
 
+mod awaiting;
 mod counter;
 /// Slot selection, exposed only for `bench/benches/cpu_id.rs`; not part of the API.
 #[doc(hidden)]
@@ -84,6 +85,7 @@ pub mod harness {
 mod platform;
 mod registry;
 
+pub use awaiting::{Commit, Drain};
 pub use counter::{Counter, PerCpu, Shared};
 pub use drainable::{
     DrainTimeoutError, Drainable, DrainableWith, Guard, OwnedGuard, PendingDrain, PerCpuDrainable,

@@ -55,6 +55,8 @@ pub struct Outstanding(pub(crate) usize);
 pub(crate) mod sealed {
     use super::{Close, Outstanding};
     use crate::lifecycle::{Hold, Open, Refused, Word};
+    use crate::platform;
+    use std::fmt;
     use std::time::Instant;
 
     /// The protocol a counter scheme implements: one method per verb of the lifecycle, each
@@ -112,7 +114,35 @@ pub(crate) mod sealed {
             hold: Hold,
             close: Close,
             deadline: Option<Instant>,
-        ) -> Result<(), Outstanding>;
+        ) -> Result<(), Outstanding> {
+            let Ok(waited) = self.wait_with(
+                word,
+                hold,
+                close,
+                deadline,
+                &mut platform::Block,
+                &mut Self::WaitState::default(),
+            );
+            waited
+        }
+
+        /// What a wait has done so far, kept across a task's polls (see
+        /// [`wait_with`](Self::wait_with)). Dropping it takes down whatever the wait announced.
+        type WaitState: Default + Send + Sync + Unpin + fmt::Debug;
+
+        /// [`wait`](Self::wait), sleeping as `park` does: for a task, `Err` where a thread
+        /// would sleep; the caller polls again after the wake with the same `state`. A task's
+        /// wait has no deadline (`None`): it is cancelled by dropping it, and its caller then
+        /// calls [`Word::stop_waiting`] and gives the hold back as a timed-out wait would.
+        fn wait_with<P: platform::Park>(
+            &self,
+            word: &Word,
+            hold: Hold,
+            close: Close,
+            deadline: Option<Instant>,
+            park: &mut P,
+            state: &mut Self::WaitState,
+        ) -> Result<Result<(), Outstanding>, P::Pending>;
 
         /// Guards outstanding, for reports (a snapshot), given a value of the word.
         fn outstanding(&self, word: u32) -> usize;

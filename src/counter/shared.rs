@@ -2,6 +2,7 @@
 
 use super::{Close, Counter, Outstanding, sealed};
 use crate::lifecycle::{self, Closing, Hold, Open, Refused, Word};
+use crate::platform;
 use std::time::Instant;
 
 /// The single-word counter of [`Drainable<T>`](crate::Drainable): guards are counted in the
@@ -54,18 +55,22 @@ impl sealed::CounterImpl for Shared {
         word.open(how)
     }
 
-    fn wait(
+    type WaitState = ();
+
+    fn wait_with<P: platform::Park>(
         &self,
         word: &Word,
         hold: Hold,
         _close: Close,
         deadline: Option<Instant>,
-    ) -> Result<(), Outstanding> {
+        park: &mut P,
+        _state: &mut (),
+    ) -> Result<Result<(), Outstanding>, P::Pending> {
         // Unnumbered: to the word, any close in effect is the waiter's (docs/design.md §2a).
-        word.wait_drained(hold, deadline, || true)
-            // The count field holds the guards: report the count the wait saw (re-reading could
-            // see a guard dropped a moment later and claim "0 outstanding": found by loom).
-            .map_err(|timed_out| Outstanding(timed_out.count as usize))
+        let waited = word.wait_drained_with(hold, deadline, || true, park)?;
+        // The count field holds the guards: report the count the wait saw (re-reading could
+        // see a guard dropped a moment later and claim "0 outstanding": found by loom).
+        Ok(waited.map_err(|timed_out| Outstanding(timed_out.count as usize)))
     }
 
     fn outstanding(&self, word: u32) -> usize {

@@ -552,20 +552,37 @@ impl Word {
     /// wakes it. On success the word is `COMMITTED | DRAINED` and a `Hold::Pending` has been
     /// given back, or, for a `Hold::Committed`, the close has ended since. On timeout the hold
     /// is still in place.
+    #[cfg(test)]
     pub(crate) fn wait_drained(
         &self,
         hold: Hold,
         deadline: Option<Instant>,
         is_current: impl Fn() -> bool,
     ) -> Result<(), TimedOut> {
-        let mut spins = platform::SPIN_LIMIT;
+        let Ok(done) = self.wait_drained_with(hold, deadline, is_current, &mut platform::Block);
+        done
+    }
+
+    /// [`wait_drained`](Self::wait_drained), sleeping as `park` does: for a task, `Err` where
+    /// the thread would sleep (the task's waker is filed under the word, with `WAITING` set;
+    /// poll again after the wake). Each call starts from a fresh read of the word, so a wait
+    /// that returned `Err` simply calls again; one that is abandoned calls
+    /// [`stop_waiting`](Self::stop_waiting).
+    pub(crate) fn wait_drained_with<P: platform::Park>(
+        &self,
+        hold: Hold,
+        deadline: Option<Instant>,
+        is_current: impl Fn() -> bool,
+        park: &mut P,
+    ) -> Result<Result<(), TimedOut>, P::Pending> {
+        let mut spins = P::SPINS;
         let mut timed_out = false;
         // Acquire: release → drainer.
         let mut cur = self.0.load(Ordering::Acquire);
         loop {
             let over = is_over(cur, hold, &is_current);
             if over && hold == Hold::Committed {
-                return Ok(());
+                return Ok(Ok(()));
             }
             // A pending hold whose close is over (`DRAINED`) still trades its close in.
             if over || count(cur) == 0 {
@@ -577,7 +594,7 @@ impl Word {
                 if hold == Hold::Pending {
                     if pending(cur) == PENDING_SPILL {
                         if self.commit_at_spill() {
-                            return Ok(());
+                            return Ok(Ok(()));
                         }
                         // The field moved, or the count is not zero after all: look again.
                         // Acquire: release → drainer.
@@ -592,7 +609,7 @@ impl Word {
                     .0
                     .compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire)
                 {
-                    Ok(_) => return Ok(()),
+                    Ok(_) => return Ok(Ok(())),
                     Err(actual) => {
                         cur = actual;
                         continue;
@@ -601,9 +618,9 @@ impl Word {
             }
             if timed_out {
                 self.stop_waiting();
-                return Err(TimedOut { count: count(cur) });
+                return Ok(Err(TimedOut { count: count(cur) }));
             }
-            (cur, timed_out) = self.wait_for_change(cur, &mut spins, deadline);
+            (cur, timed_out) = self.wait_for_change(cur, &mut spins, deadline, park)?;
         }
     }
 
@@ -648,19 +665,30 @@ impl Word {
     /// Spins [`platform::SPIN_LIMIT`] times, then sets `WAITING` and sleeps on the futex; the give-back
     /// that takes the count to zero wakes it (see [`decrement`](Self::decrement)).
     pub(crate) fn wait_zero(&self, deadline: Option<Instant>) -> bool {
-        let mut spins = platform::SPIN_LIMIT;
+        let Ok(zero) = self.wait_zero_with(deadline, &mut platform::Block);
+        zero
+    }
+
+    /// [`wait_zero`](Self::wait_zero), sleeping as `park` does (see
+    /// [`wait_drained_with`](Self::wait_drained_with)).
+    pub(crate) fn wait_zero_with<P: platform::Park>(
+        &self,
+        deadline: Option<Instant>,
+        park: &mut P,
+    ) -> Result<bool, P::Pending> {
+        let mut spins = P::SPINS;
         let mut timed_out = false;
         // Acquire: pairs with the token release (release → waiter).
         let mut cur = self.0.load(Ordering::Acquire);
         loop {
             if count(cur) == 0 {
-                return true;
+                return Ok(true);
             }
             if timed_out {
                 self.stop_waiting();
-                return false;
+                return Ok(false);
             }
-            (cur, timed_out) = self.wait_for_change(cur, &mut spins, deadline);
+            (cur, timed_out) = self.wait_for_change(cur, &mut spins, deadline, park)?;
         }
     }
 
@@ -671,7 +699,7 @@ impl Word {
     /// Other waiters may be asleep on a value with `WAITING` set and rely on the flag for their
     /// wake-up, so clearing it wakes them all: each re-reads the word and sets the flag again
     /// before it sleeps again. A cold path: only timed waits that fail get here.
-    fn stop_waiting(&self) {
+    pub(crate) fn stop_waiting(&self) {
         // Relaxed: only the flag changes; the sleepers woken below re-read the word themselves.
         let prev = self.0.fetch_and(!WAITING, Ordering::Relaxed);
         if prev & WAITING != 0 {
@@ -682,17 +710,18 @@ impl Word {
     /// One step of waiting for the word to change from `cur`: a spin while `spins` lasts, else
     /// announce `WAITING` and sleep on the futex. Returns the word's new value (`Acquire`:
     /// release → waiter) and whether `deadline` has passed.
-    fn wait_for_change(
+    fn wait_for_change<P: platform::Park>(
         &self,
         mut cur: u32,
         spins: &mut u32,
         deadline: Option<Instant>,
-    ) -> (u32, bool) {
+        park: &mut P,
+    ) -> Result<(u32, bool), P::Pending> {
         let word = &self.0;
         if *spins > 0 {
             *spins -= 1;
             platform::spin_hint();
-            return (word.load(Ordering::Acquire), false);
+            return Ok((word.load(Ordering::Acquire), false));
         }
         if cur & WAITING == 0 {
             match word.compare_exchange_weak(
@@ -702,19 +731,14 @@ impl Word {
                 Ordering::Acquire,
             ) {
                 Ok(_) => cur |= WAITING,
-                Err(actual) => return (actual, false),
+                Err(actual) => return Ok((actual, false)),
             }
         }
         // Sleeps only while the word still holds exactly `cur`: a release that lands between our
-        // read and the sleep changes the value and the kernel refuses to sleep.
-        let timed_out = match deadline {
-            None => {
-                platform::wait(word, cur);
-                false
-            }
-            Some(deadline) => platform::wait_until(word, cur, deadline),
-        };
-        (word.load(Ordering::Acquire), timed_out)
+        // read and the sleep changes the value and the kernel refuses to sleep (a task's waker
+        // is filed before the value is checked: `platform/futex/tasks.rs`).
+        let timed_out = park.park(word, cur, deadline)?;
+        Ok((word.load(Ordering::Acquire), timed_out))
     }
 }
 

@@ -13,8 +13,12 @@
 //! callers re-check their condition.
 
 use super::AtomicU32;
-#[cfg(not(drainable_loom))]
+use std::convert::Infallible;
+use std::task::Context;
 use std::time::Instant;
+
+mod tasks;
+pub(crate) use tasks::TaskWaiter;
 
 #[cfg(all(any(target_os = "linux", target_os = "android"), not(drainable_loom)))]
 pub(super) mod linux;
@@ -59,6 +63,94 @@ pub(crate) fn wake_all(word: *const AtomicU32) {
     #[cfg(all(test, not(drainable_loom)))]
     wakes::count();
     backend::wake_all(word);
+    // The tasks waiting on the address (`tasks.rs`): a fence and a load when there are none.
+    tasks::wake_all(word);
+}
+
+/// How a wait sleeps once its condition is not met: [`Block`] the thread on the futex, or
+/// file a task's waker and return ([`Task`]). The waits of the lifecycle word and of the
+/// per-CPU records are written once, generic over it: the blocking waits and the futures run
+/// the same code, and a future's poll is the blocking wait up to the point where it would
+/// sleep.
+///
+/// `pub` only because the sealed counter trait names it; not reachable from outside.
+#[allow(unreachable_pub)]
+pub trait Park {
+    /// What a wait returns instead of sleeping: nothing, for [`Block`]
+    /// ([`Infallible`]); "poll me again after a wake", for [`Task`].
+    type Pending;
+
+    /// How many times to re-read the word before sleeping. A task does not spin: its executor
+    /// has other tasks to run.
+    const SPINS: u32;
+
+    /// Sleeps while `*word == expected`, until a [`wake_all`] or `deadline`. `Ok(true)` when
+    /// the deadline has passed; `Ok(false)` to re-check; `Err` to return and be polled again.
+    fn park(
+        &mut self,
+        word: &AtomicU32,
+        expected: u32,
+        deadline: Option<Instant>,
+    ) -> Result<bool, Self::Pending>;
+}
+
+/// Blocks the calling thread on the futex.
+#[derive(Debug)]
+pub(crate) struct Block;
+
+impl Park for Block {
+    type Pending = Infallible;
+    const SPINS: u32 = super::SPIN_LIMIT;
+
+    #[inline]
+    fn park(
+        &mut self,
+        word: &AtomicU32,
+        expected: u32,
+        deadline: Option<Instant>,
+    ) -> Result<bool, Infallible> {
+        Ok(match deadline {
+            None => {
+                wait(word, expected);
+                false
+            }
+            Some(deadline) => wait_until(word, expected, deadline),
+        })
+    }
+}
+
+/// Files a task's waker under the word's address and returns [`Pending`].
+#[derive(Debug)]
+pub(crate) struct Task<'a, 'b> {
+    pub(crate) waiter: &'a mut TaskWaiter,
+    pub(crate) cx: &'a mut Context<'b>,
+}
+
+/// A wait that returned instead of sleeping: its future returns `Poll::Pending`, and its
+/// task is woken by the next [`wake_all`] on the word it waited on.
+///
+/// `pub` only because the sealed counter trait names it; not reachable from outside.
+#[allow(unreachable_pub)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pending;
+
+impl Park for Task<'_, '_> {
+    type Pending = Pending;
+    const SPINS: u32 = 0;
+
+    fn park(
+        &mut self,
+        word: &AtomicU32,
+        expected: u32,
+        deadline: Option<Instant>,
+    ) -> Result<bool, Pending> {
+        // A future has no deadline: it is cancelled by being dropped.
+        debug_assert!(deadline.is_none(), "a task's wait has no deadline");
+        match self.waiter.poll(word, expected, self.cx) {
+            std::task::Poll::Ready(()) => Ok(false),
+            std::task::Poll::Pending => Err(Pending),
+        }
+    }
 }
 
 /// Like [`wait`], but gives up at `deadline`. Returns `true` when the deadline has passed.

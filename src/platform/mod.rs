@@ -287,4 +287,4 @@ pub(crate) use per_thread;
 
 #[cfg(all(test, not(drainable_loom)))]
 pub(crate) use futex::wakes;
-pub(crate) use futex::{wait, wait_until, wake_all};
+pub(crate) use futex::{Block, Park, Pending, Task, TaskWaiter, wait_until, wake_all};

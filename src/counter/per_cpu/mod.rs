@@ -7,7 +7,7 @@ pub(crate) mod slots;
 use super::{Close, Counter, Outstanding, sealed};
 use crate::lifecycle::{Closing, Hold, Open, Refused, Token, Word};
 use crate::platform::{self, AtomicU64, Mutex, MutexGuard, Ordering};
-use records::{LocalHold, Waited};
+use records::{LocalHold, RecordWait, Waited};
 use slots::Folding;
 use std::fmt;
 use std::time::Instant;
@@ -76,6 +76,18 @@ impl fmt::Debug for PerCpu {
             .field("slots", &self.slots.len())
             .finish_non_exhaustive()
     }
+}
+
+/// What a per-CPU wait has done so far (the sealed counter trait's `WaitState`): the
+/// records part (its barrier, the record it is announced on), then whether that part is done.
+///
+/// `pub` only because the sealed counter trait names it; not reachable from outside.
+#[allow(unreachable_pub)]
+#[derive(Debug, Default)]
+pub struct PerCpuWait {
+    records: RecordWait,
+    /// The thread-local entries were seen clear (or the close over): only the word is left.
+    entries_done: bool,
 }
 
 /// Where a per-CPU guard is counted.
@@ -164,45 +176,62 @@ impl sealed::CounterImpl for PerCpu {
         opened
     }
 
-    fn wait(
+    type WaitState = PerCpuWait;
+
+    fn wait_with<P: platform::Park>(
         &self,
         word: &Word,
         hold: Hold,
         close: Close,
         deadline: Option<Instant>,
-    ) -> Result<(), Outstanding> {
+        park: &mut P,
+        state: &mut PerCpuWait,
+    ) -> Result<Result<(), Outstanding>, P::Pending> {
         // The invariant (docs/design.md §2a): only a waiter of close `close`, whose scan
         // followed that close, gives its entries token back, and only while it is the
         // close in effect. A scan made under one close says nothing about acquirers that
         // read the word open after a reopen, so a waiter whose close has ended stops
-        // (`wait_released` checks before its barrier and while it waits; the CAS of
+        // (`wait_released_with` checks before its barrier and while it waits; the CAS of
         // `entries_clear` decides).
         debug_assert!(
             hold == Hold::Committed || self.is_current(close),
             "a pending close outlived its cycle"
         );
         // First the guards counted outside the word (thread-local entries), then the word's
-        // count (the slots' token, and the entries' once given back).
-        let over = match records::wait_released(self.id, word, hold, deadline, || {
-            self.is_current(close)
-        }) {
-            Ok(Waited::Over) => true,
-            Ok(Waited::Clear) => self.entries_clear(word, hold, close),
-            Err(()) => {
-                return Err(Outstanding(
-                    records::outstanding(self.id).max(1) + self.slots.outstanding(),
-                ));
+        // count (the slots' token, and the entries' once given back). A task polled again
+        // after the first part resumes at the second.
+        if !state.entries_done {
+            let waited = records::wait_released_with(
+                self.id,
+                word,
+                hold,
+                deadline,
+                || self.is_current(close),
+                park,
+                &mut state.records,
+            )?;
+            let over = match waited {
+                Ok(Waited::Over) => true,
+                Ok(Waited::Clear) => self.entries_clear(word, hold, close),
+                Err(()) => {
+                    return Ok(Err(Outstanding(
+                        records::outstanding(self.id).max(1) + self.slots.outstanding(),
+                    )));
+                }
+            };
+            // Off the records: the rest of the wait is on the word.
+            state.records = RecordWait::default();
+            state.entries_done = true;
+            if over && hold == Hold::Committed {
+                // Drained or reopened since our close: done (a pending hold still has to
+                // trade itself in, below).
+                return Ok(Ok(()));
             }
-        };
-        if over && hold == Hold::Committed {
-            // Drained or reopened since our close: done (a pending hold still has to trade
-            // itself in, below).
-            return Ok(());
         }
-        word.wait_drained(hold, deadline, || self.is_current(close))
-            // The count field holds the close's tokens: the guards are counted here, and at
-            // least one was outstanding, since the drain had not completed at the deadline.
-            .map_err(|_| Outstanding(self.guards().max(1)))
+        let waited = word.wait_drained_with(hold, deadline, || self.is_current(close), park)?;
+        // The count field holds the close's tokens: the guards are counted here, and at
+        // least one was outstanding, since the drain had not completed at the deadline.
+        Ok(waited.map_err(|_| Outstanding(self.guards().max(1))))
     }
 
     fn outstanding(&self, _word: u32) -> usize {

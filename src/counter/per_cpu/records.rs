@@ -208,11 +208,63 @@ pub(crate) fn outstanding(id: u64) -> usize {
     records().map(|r| r.holds(id)).sum()
 }
 
+/// A drainer's progress through the records, kept by the caller: a blocking wait keeps it for
+/// one call, a task across its polls (so that a release between two polls still wakes it, and
+/// a poll does not repeat a barrier).
+#[derive(Default)]
+pub(crate) struct RecordWait {
+    /// The heavy barrier after the close has run: every entry of an acquirer that read the
+    /// word open is visible to the scans from now on.
+    barrier: bool,
+    /// The record whose `waiters` this drainer counts itself in, if any.
+    announced: Option<&'static Record>,
+}
+
+impl std::fmt::Debug for RecordWait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordWait")
+            .field("barrier", &self.barrier)
+            .field("announced", &self.announced.is_some())
+            .finish()
+    }
+}
+
+impl RecordWait {
+    /// Counts this drainer in `record`'s `waiters` (and out of the one before). Returns whether
+    /// that is new: a heavy barrier must then run before the record's entries are read.
+    fn announce(&mut self, record: &'static Record) -> bool {
+        if self.announced.is_some_and(|r| std::ptr::eq(r, record)) {
+            return false;
+        }
+        self.withdraw();
+        // Relaxed: ordered by the heavy barrier that the caller runs next.
+        record.waiters.fetch_add(1, Ordering::Relaxed);
+        self.announced = Some(record);
+        true
+    }
+
+    fn withdraw(&mut self) {
+        if let Some(record) = self.announced.take() {
+            // Relaxed: a stale non-zero only costs a releaser one needless wake.
+            record.waiters.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Taken down however the wait ends, a panic of the barrier included, and when a task's future
+/// is dropped: left up, it would make every release on the record pay a futex wake.
+impl Drop for RecordWait {
+    fn drop(&mut self) {
+        self.withdraw();
+    }
+}
+
 /// Waits, after a close of `word`, until no entry holds `id`, or until `deadline`
 /// (`Err`).
 ///
 /// Returns [`Waited::Over`] early once the word says the close `hold` holds is over
 /// ([`Word::close_is_over`]: drained, or, for a committed hold, ended since).
+#[cfg(test)]
 pub(crate) fn wait_released(
     id: u64,
     word: &Word,
@@ -220,27 +272,56 @@ pub(crate) fn wait_released(
     deadline: Option<Instant>,
     is_current: impl Fn() -> bool,
 ) -> Result<Waited, ()> {
+    let Ok(waited) = wait_released_with(
+        id,
+        word,
+        hold,
+        deadline,
+        is_current,
+        &mut platform::Block,
+        &mut RecordWait::default(),
+    );
+    waited
+}
+
+/// [`wait_released`], sleeping as `park` does, with its progress in `progress` (see
+/// [`RecordWait`]). For a task, `Err` where a thread would sleep; call again after the wake
+/// with the same `progress`.
+pub(crate) fn wait_released_with<P: platform::Park>(
+    id: u64,
+    word: &Word,
+    hold: Hold,
+    deadline: Option<Instant>,
+    is_current: impl Fn() -> bool,
+    park: &mut P,
+    progress: &mut RecordWait,
+) -> Result<Result<Waited, ()>, P::Pending> {
     let is_over = || word.close_is_over(hold, &is_current);
     // A drain already over needs no barrier and no scan.
     if is_over() {
-        return Ok(Waited::Over);
+        return Ok(Ok(Waited::Over));
     }
     if !enabled() {
-        return Ok(Waited::Clear);
+        return Ok(Ok(Waited::Clear));
     }
-    // After this, every acquirer that read the word open before the close has its entry
-    // visible to the scan (and every later one sees the close and backs out).
-    heavy_barrier(deadline)?;
+    if !progress.barrier {
+        // After this, every acquirer that read the word open before the close has its entry
+        // visible to the scan (and every later one sees the close and backs out).
+        if heavy_barrier(deadline).is_err() {
+            return Ok(Err(()));
+        }
+        progress.barrier = true;
+    }
     for record in records() {
         if record.holds(id) == 0 {
             continue;
         }
-        match wait_record(record, id, &is_over, deadline)? {
-            Waited::Clear => {}
-            Waited::Over => return Ok(Waited::Over),
+        match wait_record(record, id, &is_over, deadline, park, progress)? {
+            Ok(Waited::Clear) => {}
+            other => return Ok(other),
         }
     }
-    Ok(Waited::Clear)
+    Ok(Ok(Waited::Clear))
 }
 
 /// How a wait for the entries ended.
@@ -252,60 +333,47 @@ pub(crate) enum Waited {
     Over,
 }
 
-fn wait_record(
-    record: &Record,
+fn wait_record<P: platform::Park>(
+    record: &'static Record,
     id: u64,
     is_over: &impl Fn() -> bool,
     deadline: Option<Instant>,
-) -> Result<Waited, ()> {
-    // Relaxed: ordered by the heavy barrier that follows.
-    record.waiters.fetch_add(1, Ordering::Relaxed);
-    // Taken down however this wait ends, a panic of the barrier included: left up, it would
-    // make every release on the record pay a futex wake.
-    struct Waiting<'a>(&'a AtomicU32);
-    impl Drop for Waiting<'_> {
-        fn drop(&mut self) {
-            // Relaxed: a stale non-zero only costs a releaser one needless wake.
-            self.0.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-    let _waiting = Waiting(&record.waiters);
-    // A releaser that clears an entry after this barrier sees `waiters` and wakes us; one
-    // that cleared it before is seen by the loads below. Also orders the `waiters` increment
-    // before the word load, against `wake_waiters` (a reopen).
-    let barrier = heavy_barrier(deadline);
-    let mut spins = platform::SPIN_LIMIT;
-    loop {
-        if barrier.is_err() {
+    park: &mut P,
+    progress: &mut RecordWait,
+) -> Result<Result<Waited, ()>, P::Pending> {
+    if progress.announce(record) {
+        // A releaser that clears an entry after this barrier sees `waiters` and wakes us; one
+        // that cleared it before is seen by the loads below. Also orders the `waiters`
+        // increment before the word load, against `wake_waiters` (a reopen). A task that
+        // stays announced across its polls keeps both: every later release sees `waiters`.
+        if heavy_barrier(deadline).is_err() {
             // The deadline passed inside the barrier (the signal barrier, waiting for a
             // thread): a timeout like any other.
-            break Err(());
+            return Ok(Err(()));
         }
+    }
+    let mut spins = P::SPINS;
+    loop {
         // Acquire: pairs with the bump in `wake` (the entry cleared before it).
         let seq = record.seq.load(Ordering::Acquire);
         // A drain finished by another waiter, or a reopen, is seen with what led to it.
         if is_over() {
-            break Ok(Waited::Over);
+            break Ok(Ok(Waited::Over));
         }
         if record.holds(id) == 0 {
-            break Ok(Waited::Clear);
+            break Ok(Ok(Waited::Clear));
         }
         if spins > 0 {
             spins -= 1;
             platform::spin_hint();
             continue;
         }
-        match deadline {
-            None => platform::wait(&record.seq, seq),
-            Some(deadline) => {
-                if platform::wait_until(&record.seq, seq, deadline)
-                    && record.holds(id) != 0
-                    // A drain finished meanwhile is not a timeout.
-                    && !is_over()
-                {
-                    break Err(());
-                }
-            }
+        if park.park(&record.seq, seq, deadline)?
+            && record.holds(id) != 0
+            // A drain finished meanwhile is not a timeout.
+            && !is_over()
+        {
+            break Ok(Err(()));
         }
     }
 }
