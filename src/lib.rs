@@ -85,12 +85,15 @@ pub mod harness {
 mod platform;
 mod registry;
 
-pub use awaiting::{Commit, Drain};
+pub use awaiting::{Commit, Drain, Replace, Synchronize};
 pub use counter::{Counter, PerCpu, Shared};
 pub use drainable::{
     DrainTimeoutError, Drainable, DrainableWith, Guard, OwnedGuard, PendingDrain, PerCpuDrainable,
 };
-pub use grace::{GraceCell, GraceCookie, GraceDomain, GraceGuard, GraceTimeoutError, ReadSection};
+pub use grace::{
+    GraceCell, GraceCookie, GraceDomain, GraceGuard, GraceTimeoutError, OwnedGraceGuard,
+    ReadSection,
+};
 pub use registry::{
     EntryGuard, PendingRemoval, Registration, Registry, RegistryIter, UnregisterTimeoutError,
 };

@@ -197,3 +197,203 @@ fn a_thread_local_guard_released_later_wakes_the_task() {
     });
     assert!(d.is_drained());
 }
+
+mod grace {
+    use super::*;
+    use crate::test_support::hold_on_thread;
+    use crate::{GraceCell, GraceDomain};
+
+    /// Counts its drops in a shared counter ('static, as `replace_async` needs).
+    struct Dropped(Arc<AtomicUsize>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn synchronize_async_waits_for_a_section_that_began_before_its_first_poll() {
+        let d = GraceDomain::new();
+        let (count, waker) = counting_waker();
+        thread::scope(|s| {
+            let release = hold_on_thread(s, || d.enter());
+            let mut f = pin!(d.synchronize_async());
+            assert_eq!(
+                f.as_mut().poll(&mut Context::from_waker(&waker)),
+                Poll::Pending
+            );
+            drop(release);
+            while count.0.load(Ordering::SeqCst) == 0 {
+                thread::yield_now();
+            }
+            while f
+                .as_mut()
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending()
+            {
+                thread::yield_now();
+            }
+        });
+        // A section that begins after the grace period does not hold up a later one forever.
+        pollster::block_on(d.synchronize_async());
+    }
+
+    #[test]
+    fn an_unpolled_replace_publishes_nothing_and_drops_its_value() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let c = GraceCell::new(Dropped(drops.clone()));
+        let f = c.replace_async(Dropped(drops.clone()));
+        assert_eq!(drops.load(Ordering::SeqCst), 0);
+        drop(f);
+        assert_eq!(
+            drops.load(Ordering::SeqCst),
+            1,
+            "the unpublished value is dropped"
+        );
+        drop(c);
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn replace_async_returns_the_old_value_once_its_readers_left() {
+        let c = GraceCell::new(String::from("v1"));
+        let (count, waker) = counting_waker();
+        thread::scope(|s| {
+            let release = hold_on_thread(s, || c.read());
+            let mut f = pin!(c.replace_async(String::from("v2")));
+            assert!(
+                f.as_mut()
+                    .poll(&mut Context::from_waker(&waker))
+                    .is_pending()
+            );
+            assert_eq!(*c.read(), "v2", "published at the first poll");
+            drop(release);
+            while count.0.load(Ordering::SeqCst) == 0 {
+                thread::yield_now();
+            }
+            let old = loop {
+                if let Poll::Ready(v) = f.as_mut().poll(&mut Context::from_waker(&waker)) {
+                    break v;
+                }
+                thread::yield_now();
+            };
+            assert_eq!(old, "v1");
+        });
+    }
+
+    /// A replace dropped between its publish and its grace period's end: the old value is not
+    /// dropped while a reader can still see it, and is dropped exactly once afterwards.
+    #[test]
+    fn a_cancelled_replace_defers_the_old_value_to_the_domain() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let c = GraceCell::new(Dropped(drops.clone()));
+        let (_count, waker) = counting_waker();
+        thread::scope(|s| {
+            // The reader sees the first value, and holds its section.
+            let release = hold_on_thread(s, || c.read());
+            let mut f = Box::pin(c.replace_async(Dropped(drops.clone())));
+            assert!(
+                f.as_mut()
+                    .poll(&mut Context::from_waker(&waker))
+                    .is_pending()
+            );
+            drop(f);
+            // Other calls on the domain while the reader is inside drop nothing.
+            assert!(
+                !c.domain()
+                    .poll_grace_period(c.domain().start_grace_period())
+            );
+            assert_eq!(
+                drops.load(Ordering::SeqCst),
+                0,
+                "dropped while a reader could see it"
+            );
+            drop(release);
+        });
+        c.domain().synchronize();
+        assert_eq!(
+            drops.load(Ordering::SeqCst),
+            1,
+            "dropped once the grace period ended"
+        );
+        drop(c);
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
+    }
+
+    /// With nobody calling the domain again, the deferred value goes with the cell.
+    #[test]
+    fn a_deferred_value_is_dropped_with_the_domain() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let c = GraceCell::new(Dropped(drops.clone()));
+        let (_count, waker) = counting_waker();
+        thread::scope(|s| {
+            let release = hold_on_thread(s, || c.read());
+            let mut f = Box::pin(c.replace_async(Dropped(drops.clone())));
+            assert!(
+                f.as_mut()
+                    .poll(&mut Context::from_waker(&waker))
+                    .is_pending()
+            );
+            drop(f);
+            drop(release);
+        });
+        assert_eq!(drops.load(Ordering::SeqCst), 0);
+        drop(c);
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
+    }
+
+    /// Writers wait for each other's swaps only: a second writer publishes while the first
+    /// one's grace period is still held up by a reader, and they share grace periods.
+    #[test]
+    fn a_writer_does_not_wait_for_another_writers_grace_period() {
+        let c = GraceCell::new(1);
+        let (_count, waker) = counting_waker();
+        thread::scope(|s| {
+            let release = hold_on_thread(s, || c.read());
+            let first = s.spawn(|| c.replace(2));
+            while *c.read() != 2 {
+                thread::yield_now();
+            }
+            let mut second = Box::pin(c.replace_async(3));
+            assert!(
+                second
+                    .as_mut()
+                    .poll(&mut Context::from_waker(&waker))
+                    .is_pending()
+            );
+            assert_eq!(
+                *c.read(),
+                3,
+                "the second writer published during the first's wait"
+            );
+            drop(release);
+            assert_eq!(first.join().unwrap(), 1);
+            assert_eq!(pollster::block_on(second), 2);
+        });
+    }
+
+    #[test]
+    fn an_owned_read_moves_to_another_thread_and_holds_up_the_grace_period() {
+        let c = Arc::new(GraceCell::new(String::from("v1")));
+        let g = c.read_owned();
+        assert!(
+            !c.domain()
+                .poll_grace_period(c.domain().start_grace_period())
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = thread::spawn(move || {
+            assert_eq!(*g, "v1");
+            rx.recv().unwrap();
+            drop(g);
+        });
+        let cookie = c.domain().start_grace_period();
+        assert!(!c.domain().poll_grace_period(cookie));
+        tx.send(()).unwrap();
+        reader.join().unwrap();
+        // The section has ended: a grace period completes (a poll may need a second pass to
+        // complete the one in flight and then the cookie's).
+        c.domain().synchronize();
+        assert!(c.domain().poll_grace_period(cookie));
+        assert_eq!(pollster::block_on(c.replace_async("v2".into())), "v1");
+    }
+}
