@@ -68,6 +68,7 @@
 )]
 #![doc(test(attr(deny(warnings))))]
 
+mod auto_traits;
 mod counter;
 /// Slot selection, exposed only for `bench/benches/cpu_id.rs`; not part of the API.
 #[doc(hidden)]
