@@ -86,11 +86,13 @@ mod registry;
 
 pub use counter::{Counter, PerCpu, Shared};
 pub use drainable::{
-    DrainTimeoutError, Drainable, DrainableWith, Guard, OwnedGuard, PendingDrain, PerCpuDrainable,
+    CommitTimeoutError, DrainTimeoutError, Drainable, DrainableWith, Guard, OwnedGuard,
+    PendingDrain, PerCpuDrainable,
 };
 pub use grace::{GraceCell, GraceCookie, GraceDomain, GraceGuard, GraceTimeoutError, ReadSection};
 pub use registry::{
-    EntryGuard, PendingRemoval, Registration, Registry, RegistryIter, UnregisterTimeoutError,
+    EntryGuard, PendingRemoval, Registration, Registry, RegistryIter, RemovalTimeoutError,
+    UnregisterTimeoutError,
 };
 
 #[cfg(all(test, not(drainable_loom)))]

@@ -224,7 +224,8 @@ fn stress<C: Counter>(registry: Registry<Module, C>) {
                         tally.unloads += 1;
                         tally.timeouts_succeeded += 1;
                     }
-                    Err(pending) => {
+                    Err(error) => {
+                        let pending = error.into_pending();
                         tally.timeouts_failed += 1;
                         assert!(!reaches(&registry, &flag), "closed while pending");
                         if rng.below(2) == 0 {
@@ -368,4 +369,30 @@ fn static_registry() {
     assert_eq!(sums, [15, 15]);
     HOOKS.unregister_all([double, square]);
     assert!(HOOKS.is_empty());
+}
+
+/// `?` on a `PendingRemoval::commit_timeout` undoes the removal (the entry is live again) and
+/// loses nothing: the boxed error is an `UnregisterTimeoutError` holding the registration.
+#[test]
+fn removal_timeout_question_mark_keeps_the_registration() {
+    use drainable::UnregisterTimeoutError;
+    use std::error::Error;
+
+    fn unload(
+        r: &Registry<u32>,
+        h: Registration<u32>,
+    ) -> Result<u32, Box<dyn Error + Send + Sync>> {
+        Ok(r.prepare_unregister(h).commit_timeout(Duration::ZERO)?)
+    }
+    let r = Registry::new();
+    let h = r.register(41);
+    let call = r.iter().next().unwrap();
+    let err = unload(&r, h).unwrap_err();
+    assert_eq!(r.iter().count(), 1, "undone: the entry is reachable again");
+    assert_eq!(r.len(), 1);
+    let err = err.downcast::<UnregisterTimeoutError<u32>>().unwrap();
+    assert_eq!(err.outstanding(), 1);
+    drop(call);
+    assert_eq!(unload(&r, err.into_registration()).unwrap(), 41);
+    assert!(r.is_empty());
 }

@@ -1,7 +1,7 @@
 //! The handles that remove an entry: [`Registration`] (from [`Registry::register`]) and
 //! [`PendingRemoval`] (a removal in progress, from [`Registry::prepare_unregister`]).
 
-use super::Registry;
+use super::{Registry, RemovalTimeoutError};
 use crate::counter::{Counter, Shared};
 use crate::drainable::PendingDrain;
 use crate::platform;
@@ -161,9 +161,12 @@ impl<'a, T, C: Counter> PendingRemoval<'a, T, C> {
     ///
     /// # Errors
     ///
-    /// On timeout, gives the `PendingRemoval` back: the entry stays closed, and the caller may
-    /// wait again, [`undo`](Self::undo), or ask how many calls are
-    /// [`outstanding`](Self::outstanding).
+    /// On timeout, a [`RemovalTimeoutError`], which still holds the removal: the entry stays
+    /// closed while it lives. [`into_pending`](RemovalTimeoutError::into_pending) gives the
+    /// `PendingRemoval` back to wait again or [`undo`](Self::undo). `?` into a
+    /// `Box<dyn Error>` (with `T: 'static`) undoes the removal, so the entry is live again,
+    /// and boxes an [`UnregisterTimeoutError<T>`](super::UnregisterTimeoutError) that keeps
+    /// the [`Registration`]: downcast to it to remove the entry later.
     ///
     /// ```
     /// use drainable::Registry;
@@ -173,12 +176,36 @@ impl<'a, T, C: Counter> PendingRemoval<'a, T, C> {
     /// let h = r.register("eth0");
     /// let call = r.iter().next().unwrap();
     /// let pending = r.prepare_unregister(h);
-    /// let pending = pending.commit_timeout(Duration::ZERO).unwrap_err();
-    /// assert_eq!(pending.outstanding(), 1);
+    /// let err = pending.commit_timeout(Duration::ZERO).unwrap_err();
+    /// assert_eq!(err.outstanding(), 1);
     /// drop(call);
+    /// let pending = err.into_pending();
     /// assert_eq!(pending.commit_timeout(Duration::from_secs(1)).unwrap(), "eth0");
     /// ```
-    pub fn commit_timeout(self, timeout: Duration) -> Result<T, Self> {
+    ///
+    /// With `?`:
+    ///
+    /// ```
+    /// use drainable::{Registration, Registry, UnregisterTimeoutError};
+    /// use std::error::Error;
+    /// use std::time::Duration;
+    ///
+    /// fn unload(r: &Registry<&'static str>, h: Registration<&'static str>)
+    ///     -> Result<&'static str, Box<dyn Error + Send + Sync>> {
+    ///     Ok(r.prepare_unregister(h).commit_timeout(Duration::from_millis(1))?)
+    /// }
+    ///
+    /// let r = Registry::new();
+    /// let h = r.register("eth0");
+    /// let call = r.iter().next().unwrap();
+    /// let err = unload(&r, h).unwrap_err();
+    /// drop(call);
+    /// assert_eq!(r.iter().count(), 1); // undone: live again
+    /// let err = err.downcast::<UnregisterTimeoutError<&str>>().unwrap();
+    /// assert_eq!(err.outstanding(), 1);
+    /// assert_eq!(unload(&r, err.into_registration()).unwrap(), "eth0");
+    /// ```
+    pub fn commit_timeout(self, timeout: Duration) -> Result<T, RemovalTimeoutError<'a, T, C>> {
         let PendingRemoval {
             registry,
             registration,
@@ -187,11 +214,14 @@ impl<'a, T, C: Counter> PendingRemoval<'a, T, C> {
         } = self;
         match pending.commit_timeout(timeout) {
             Ok(()) => Ok(registry.take_drained(index)),
-            Err(pending) => Err(PendingRemoval {
-                registry,
-                registration,
-                index,
-                pending,
+            Err(error) => Err(RemovalTimeoutError {
+                outstanding: error.outstanding(),
+                pending: PendingRemoval {
+                    registry,
+                    registration,
+                    index,
+                    pending: error.into_pending(),
+                },
             }),
         }
     }

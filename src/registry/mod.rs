@@ -32,7 +32,7 @@
 //! - `storage.rs`: the slots' segmented vector (chunks, growth, freeing, walking).
 //! - `handle.rs`: [`Registration`] and [`PendingRemoval`], the handles that remove an entry.
 //! - `iter.rs`: [`RegistryIter`] and [`EntryGuard`], the callers' side.
-//! - `error.rs`: [`UnregisterTimeoutError`].
+//! - `error.rs`: [`UnregisterTimeoutError`] and [`RemovalTimeoutError`].
 //! - `tests.rs`: the unit tests.
 
 mod error;
@@ -42,7 +42,7 @@ mod storage;
 #[cfg(all(test, not(drainable_loom)))]
 mod tests;
 
-pub use error::UnregisterTimeoutError;
+pub use error::{RemovalTimeoutError, UnregisterTimeoutError};
 pub use handle::{PendingRemoval, Registration};
 pub use iter::{EntryGuard, RegistryIter};
 
@@ -187,6 +187,7 @@ const _: fn() = || {
     send_sync::<PendingRemoval<'static, u32>>();
     send_sync::<RegistryIter<'static, u32>>();
     send_sync::<UnregisterTimeoutError<u32>>();
+    send_sync::<RemovalTimeoutError<'static, u32>>();
     send::<Registry<std::cell::Cell<u32>>>();
     fn sync<X: Sync>() {}
     sync::<EntryGuard<'static, u32>>();
