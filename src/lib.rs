@@ -91,7 +91,7 @@ pub use drainable::{
 };
 pub use grace::{GraceCell, GraceCookie, GraceDomain, GraceGuard, GraceTimeoutError, ReadSection};
 pub use registry::{
-    EntryGuard, PendingRemoval, Registration, Registry, RegistryIter, RemovalTimeoutError,
+    EntryGuard, EntryId, PendingRemoval, Registration, Registry, RegistryIter, RemovalTimeoutError,
     UnregisterTimeoutError,
 };
 
