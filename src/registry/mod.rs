@@ -425,9 +425,9 @@ impl<T, C: Counter> Registry<T, C> {
     /// ```
     /// use drainable::Registry;
     ///
-    /// let plugins = Registry::new();
-    /// let a = plugins.register(|x: u32| x + 1);
-    /// let b = plugins.register(|x: u32| x * 2);
+    /// let plugins: Registry<fn(u32) -> u32> = Registry::new();
+    /// let a = plugins.register(|x| x + 1);
+    /// let b = plugins.register(|x| x * 2);
     /// let b_id = b.id();
     /// assert_eq!(plugins.get(b_id).map(|f| f(5)), Some(10)); // call just that one
     ///
