@@ -171,6 +171,11 @@ pub struct DrainTimeoutError {
 }
 
 impl DrainTimeoutError {
+    /// The error for `outstanding` guards at the deadline (the registry builds its own).
+    pub(crate) fn new(outstanding: usize) -> Self {
+        DrainTimeoutError { outstanding }
+    }
+
     /// How many guards were still outstanding when the deadline passed.
     ///
     /// ```
@@ -808,9 +813,11 @@ impl<'a, T: ?Sized, C: Counter> PendingDrain<'a, T, C> {
     ///
     /// # Errors
     ///
-    /// On timeout, gives the `PendingDrain` back: the drainable stays closed, and the caller
-    /// may wait again, [`undo`](Self::undo), or ask how many guards are
-    /// [`outstanding`](Self::outstanding).
+    /// On timeout, a [`CommitTimeoutError`], which still holds the close: the drainable stays
+    /// closed while it lives. [`into_pending`](CommitTimeoutError::into_pending) gives the
+    /// `PendingDrain` back to wait again or [`undo`](Self::undo); `?` into a
+    /// `Box<dyn Error>` drops it, which undoes the close ("unload or fail"), and leaves a
+    /// [`DrainTimeoutError`] with the count of guards outstanding at the deadline.
     ///
     /// ```
     /// use drainable::Drainable;
@@ -818,20 +825,45 @@ impl<'a, T: ?Sized, C: Counter> PendingDrain<'a, T, C> {
     ///
     /// let d = Drainable::new(());
     /// let g = d.try_acquire().unwrap();
-    /// let pending = d.prepare_drain().commit_timeout(Duration::ZERO).unwrap_err();
-    /// assert_eq!(pending.outstanding(), 1);
+    /// let err = d.prepare_drain().commit_timeout(Duration::ZERO).unwrap_err();
+    /// assert_eq!(err.outstanding(), 1);
+    /// assert!(!d.is_open()); // still closed: the error holds the close
     /// drop(g);
-    /// pending.commit_timeout(Duration::from_secs(10)).unwrap();
+    /// err.into_pending().commit_timeout(Duration::from_secs(10)).unwrap();
     /// assert!(d.is_drained());
     /// ```
-    pub fn commit_timeout(self, timeout: Duration) -> Result<(), PendingDrain<'a, T, C>> {
+    ///
+    /// With `?`, a timeout undoes the close and becomes a `'static` error:
+    ///
+    /// ```
+    /// use drainable::{DrainTimeoutError, Drainable};
+    /// use std::error::Error;
+    /// use std::time::Duration;
+    ///
+    /// fn unload(d: &Drainable<()>) -> Result<(), Box<dyn Error + Send + Sync>> {
+    ///     d.prepare_drain().commit_timeout(Duration::from_millis(1))?;
+    ///     Ok(())
+    /// }
+    ///
+    /// let d = Drainable::new(());
+    /// let g = d.try_acquire().unwrap();
+    /// let err = unload(&d).unwrap_err();
+    /// assert_eq!(err.downcast_ref::<DrainTimeoutError>().unwrap().outstanding(), 1);
+    /// assert!(d.is_open()); // undone: "unload or fail"
+    /// drop(g);
+    /// assert!(unload(&d).is_ok());
+    /// ```
+    pub fn commit_timeout(self, timeout: Duration) -> Result<(), CommitTimeoutError<'a, T, C>> {
         let deadline = Instant::now().checked_add(timeout);
         match self.drainable.wait(Hold::Pending, self.close, deadline) {
             Ok(()) => {
                 std::mem::forget(self);
                 Ok(())
             }
-            Err(_) => Err(self),
+            Err(Outstanding(outstanding)) => Err(CommitTimeoutError {
+                pending: self,
+                outstanding,
+            }),
         }
     }
 
@@ -924,6 +956,159 @@ impl<T: ?Sized, C: Counter> fmt::Debug for PendingDrain<'_, T, C> {
         f.debug_struct("PendingDrain")
             .field("outstanding", &self.outstanding())
             .finish()
+    }
+}
+
+/// The error of [`PendingDrain::commit_timeout`]: the deadline passed with guards still
+/// outstanding. It holds the [`PendingDrain`], so the drainable stays closed while it lives.
+///
+/// Two ways out:
+///
+/// - [`into_pending`](Self::into_pending): the close back, to wait again, commit or undo.
+/// - `?` (or `.into()`) into a `Box<dyn Error + Send + Sync>` or a `Box<dyn Error>`: the
+///   conversion drops the `PendingDrain`, which **undoes** the close ("unload or fail"; the
+///   drainable reopens unless someone else holds it closed), and boxes a [`DrainTimeoutError`]
+///   with the count of guards outstanding at the deadline, `'static` and free of the borrow.
+///
+/// It is not an [`Error`] itself (it borrows the drainable and owns a close); that is what lets
+/// it convert into a boxed error with the undo above rather than through `std`'s blanket
+/// conversion.
+///
+/// ```
+/// use drainable::Drainable;
+/// use std::error::Error;
+/// use std::time::Duration;
+///
+/// let d = Drainable::new(());
+/// let g = d.try_acquire().unwrap();
+/// let err = d.prepare_drain().commit_timeout(Duration::ZERO).unwrap_err();
+/// assert_eq!(err.to_string(), "commit of a drain timed out with 1 guard(s) still outstanding");
+/// let boxed: Box<dyn Error> = err.into(); // undoes the close
+/// assert!(d.is_open());
+/// assert_eq!(boxed.to_string(), "drain timed out with 1 guard(s) still outstanding");
+/// # drop(g);
+/// ```
+#[must_use = "dropping a CommitTimeoutError undoes its close at once"]
+pub struct CommitTimeoutError<'a, T: ?Sized, C: Counter = Shared> {
+    pending: PendingDrain<'a, T, C>,
+    outstanding: usize,
+}
+
+impl<'a, T: ?Sized, C: Counter> CommitTimeoutError<'a, T, C> {
+    /// How many guards were still outstanding at the deadline (a
+    /// [`PendingDrain::outstanding`] now may differ).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let d = drainable::Drainable::new(());
+    /// let gs = [d.try_acquire(), d.try_acquire()];
+    /// let err = d.prepare_drain().commit_timeout(Duration::ZERO).unwrap_err();
+    /// assert_eq!(err.outstanding(), 2);
+    /// # drop((gs, err));
+    /// ```
+    pub fn outstanding(&self) -> usize {
+        self.outstanding
+    }
+
+    /// The pending close, still closed, to wait again ([`PendingDrain::commit_timeout`],
+    /// [`PendingDrain::commit`]) or [`undo`](PendingDrain::undo).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let d = drainable::Drainable::new(());
+    /// let g = d.try_acquire();
+    /// let err = d.prepare_drain().commit_timeout(Duration::ZERO).unwrap_err();
+    /// let pending = err.into_pending();
+    /// assert!(!d.is_open());
+    /// assert!(pending.undo());
+    /// # drop(g);
+    /// ```
+    pub fn into_pending(self) -> PendingDrain<'a, T, C> {
+        self.pending
+    }
+
+    /// The `'static` error this becomes: drops (undoes) the close and keeps the count.
+    fn undo_into_error(self) -> DrainTimeoutError {
+        let outstanding = self.outstanding;
+        drop(self.pending); // undoes the close
+        DrainTimeoutError { outstanding }
+    }
+}
+
+impl<T: ?Sized, C: Counter> fmt::Debug for CommitTimeoutError<'_, T, C> {
+    /// Shows the guards outstanding at the deadline.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let d = drainable::Drainable::new(());
+    /// let g = d.try_acquire();
+    /// let err = d.prepare_drain().commit_timeout(Duration::ZERO).unwrap_err();
+    /// assert_eq!(format!("{err:?}"), "CommitTimeoutError { outstanding: 1 }");
+    /// # drop((g, err));
+    /// ```
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CommitTimeoutError")
+            .field("outstanding", &self.outstanding)
+            .finish()
+    }
+}
+
+impl<T: ?Sized, C: Counter> fmt::Display for CommitTimeoutError<'_, T, C> {
+    /// Says what timed out and how many guards were outstanding.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let d = drainable::Drainable::new(());
+    /// let g = d.try_acquire();
+    /// let err = d.prepare_drain().commit_timeout(Duration::ZERO).unwrap_err();
+    /// assert!(err.to_string().contains("1 guard(s)"));
+    /// # drop((g, err));
+    /// ```
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "commit of a drain timed out with {} guard(s) still outstanding",
+            self.outstanding
+        )
+    }
+}
+
+impl<T: ?Sized, C: Counter> From<CommitTimeoutError<'_, T, C>>
+    for Box<dyn Error + Send + Sync + 'static>
+{
+    /// Undoes the close and boxes a [`DrainTimeoutError`]: what `?` does.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let d = drainable::Drainable::new(());
+    /// let g = d.try_acquire();
+    /// let err = d.prepare_drain().commit_timeout(Duration::ZERO).unwrap_err();
+    /// let boxed: Box<dyn std::error::Error + Send + Sync> = err.into();
+    /// assert!(boxed.is::<drainable::DrainTimeoutError>());
+    /// assert!(d.is_open());
+    /// # drop(g);
+    /// ```
+    fn from(error: CommitTimeoutError<'_, T, C>) -> Self {
+        Box::new(error.undo_into_error())
+    }
+}
+
+impl<T: ?Sized, C: Counter> From<CommitTimeoutError<'_, T, C>> for Box<dyn Error + 'static> {
+    /// Undoes the close and boxes a [`DrainTimeoutError`]: what `?` does.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// fn unload(d: &drainable::Drainable<()>) -> Result<(), Box<dyn std::error::Error>> {
+    ///     Ok(d.prepare_drain().commit_timeout(Duration::ZERO)?)
+    /// }
+    /// let d = drainable::Drainable::new(());
+    /// let g = d.try_acquire();
+    /// assert!(unload(&d).unwrap_err().is::<drainable::DrainTimeoutError>());
+    /// assert!(d.is_open());
+    /// # drop(g);
+    /// ```
+    fn from(error: CommitTimeoutError<'_, T, C>) -> Self {
+        Box::new(error.undo_into_error())
     }
 }
 

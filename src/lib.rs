@@ -256,14 +256,16 @@ mod registry;
 pub use awaiting::{Commit, Drain, Replace, Synchronize};
 pub use counter::{Counter, PerCpu, Shared};
 pub use drainable::{
-    DrainTimeoutError, Drainable, DrainableWith, Guard, OwnedGuard, PendingDrain, PerCpuDrainable,
+    CommitTimeoutError, DrainTimeoutError, Drainable, DrainableWith, Guard, OwnedGuard,
+    PendingDrain, PerCpuDrainable,
 };
 pub use grace::{
     GraceCell, GraceCookie, GraceDomain, GraceGuard, GraceTimeoutError, OwnedGraceGuard,
     ReadSection,
 };
 pub use registry::{
-    EntryGuard, PendingRemoval, Registration, Registry, RegistryIter, UnregisterTimeoutError,
+    EntryGuard, EntryId, PendingRemoval, Registration, Registry, RegistryIter, RemovalTimeoutError,
+    UnregisterTimeoutError,
 };
 
 #[cfg(all(test, not(drainable_loom)))]

@@ -247,7 +247,7 @@ fn debug_output() {
     let p = d.prepare_drain();
     assert_eq!(format!("{p:?}"), "PendingDrain { outstanding: 1 }");
     assert_eq!(phase_of(&d), "Pending");
-    let p = p.commit_timeout(Duration::ZERO).unwrap_err();
+    let p = p.commit_timeout(Duration::ZERO).unwrap_err().into_pending();
     drop(g);
     p.commit();
     assert_eq!(phase_of(&d), "Drained");
@@ -400,7 +400,10 @@ fn commit_timeout_gives_the_pending_drain_back() {
     let d = Drainable::new(());
     let g = d.try_acquire().unwrap();
     let p = d.prepare_drain();
-    let p = p.commit_timeout(Duration::from_millis(1)).unwrap_err();
+    let p = p
+        .commit_timeout(Duration::from_millis(1))
+        .unwrap_err()
+        .into_pending();
     assert!(
         !d.is_open(),
         "a timed-out commit keeps the drainable closed"
@@ -417,7 +420,8 @@ fn commit_timeout_gives_the_pending_drain_back() {
     let p = d
         .prepare_drain()
         .commit_timeout(Duration::ZERO)
-        .unwrap_err();
+        .unwrap_err()
+        .into_pending();
     assert!(p.undo());
     assert!(d.is_open());
     drop(g);
@@ -500,9 +504,9 @@ fn a_leaked_guard_is_reported_by_timed_drains() {
         1
     );
     let p = d.prepare_drain();
-    let p = p.commit_timeout(Duration::from_millis(1)).unwrap_err();
-    assert_eq!(p.outstanding(), 1);
-    assert!(p.undo());
+    let err = p.commit_timeout(Duration::from_millis(1)).unwrap_err();
+    assert_eq!(err.outstanding(), 1);
+    assert!(err.into_pending().undo());
 }
 
 #[test]
@@ -1114,4 +1118,70 @@ mod compile {
             "cannot be sent between threads safely",
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timeout errors with `?`
+
+/// `?` into either boxed error undoes the pending close and leaves a `'static`
+/// `DrainTimeoutError` with the count at the deadline.
+#[test]
+fn commit_timeout_question_mark_undoes_and_reports() {
+    fn send_sync(d: &Drainable<u8>) -> Result<(), Box<dyn Error + Send + Sync>> {
+        d.prepare_drain().commit_timeout(Duration::ZERO)?;
+        Ok(())
+    }
+    fn plain(d: &Drainable<u8>) -> Result<(), Box<dyn Error>> {
+        d.prepare_drain().commit_timeout(Duration::ZERO)?;
+        Ok(())
+    }
+    let d = Drainable::new(3);
+    let (a, b) = (d.try_acquire().unwrap(), d.try_acquire().unwrap());
+    let err = send_sync(&d).unwrap_err();
+    assert!(d.is_open(), "the conversion must undo the close");
+    assert_eq!(
+        err.downcast_ref::<DrainTimeoutError>()
+            .map(|e| e.outstanding()),
+        Some(2)
+    );
+    assert_eq!(
+        err.to_string(),
+        "drain timed out with 2 guard(s) still outstanding"
+    );
+    drop(a);
+    let err = plain(&d).unwrap_err();
+    assert!(d.is_open());
+    assert_eq!(
+        err.downcast::<DrainTimeoutError>().unwrap().outstanding(),
+        1
+    );
+    drop(b);
+    assert!(send_sync(&d).is_ok());
+    assert!(d.is_drained());
+}
+
+/// The error keeps the close until it is converted or dropped, and another close held
+/// meanwhile keeps the drainable closed after the conversion's undo.
+#[test]
+fn commit_timeout_error_holds_the_close() {
+    let d = Drainable::new(());
+    let g = d.try_acquire().unwrap();
+    let err = d
+        .prepare_drain()
+        .commit_timeout(Duration::ZERO)
+        .unwrap_err();
+    assert!(!d.is_open(), "the error holds the close");
+    assert!(d.try_acquire().is_none());
+    assert_eq!(err.outstanding(), 1);
+    assert_eq!(
+        err.to_string(),
+        "commit of a drain timed out with 1 guard(s) still outstanding"
+    );
+    let other = d.prepare_drain();
+    let boxed: Box<dyn Error + Send + Sync> = err.into();
+    assert!(!d.is_open(), "another PendingDrain still holds it closed");
+    drop(boxed);
+    drop(g);
+    other.commit();
+    assert!(d.is_drained());
 }

@@ -2,15 +2,16 @@
 //! yields for each entry it gets into.
 
 use super::storage::Chunks;
-use super::{Registry, Slot, value};
+use super::{Cell, EntryId, Registry, Slot, generation, value};
 use crate::counter::{Counter, Shared};
 use crate::drainable::Guard;
-use crate::platform;
+use crate::platform::Ordering;
 use std::fmt;
 use std::ops::Deref;
 
 /// A registered value, held: a call into the entry is in flight while it lives, so the
-/// entry's removal waits for its drop. From [`Registry::iter`]; derefs to `T`.
+/// entry's removal waits for its drop. From [`Registry::iter`] and [`Registry::get`]; derefs
+/// to `T`; [`id`](Self::id) names the entry.
 ///
 /// `!Send`, like [`Guard`]: it is released on the thread that took it (which is what lets
 /// debug builds catch a thread removing an entry it holds). `Sync` when `T` is.
@@ -25,7 +26,38 @@ use std::ops::Deref;
 /// ```
 #[must_use = "an EntryGuard that is not kept is released at once"]
 pub struct EntryGuard<'a, T, C: Counter = Shared> {
-    guard: Guard<'a, platform::UnsafeCell<Option<T>>, C>,
+    pub(super) guard: Guard<'a, Cell<T>, C>,
+    /// For [`id`](Self::id): the registry (its number is read only when asked) and the slot.
+    pub(super) registry: &'a Registry<T, C>,
+    pub(super) index: usize,
+}
+
+impl<T, C: Counter> EntryGuard<'_, T, C> {
+    /// The [`EntryId`] of the entry held, to find it again with [`Registry::get`]. A method,
+    /// so it hides a method `id` of `T`: reach that one with `(*guard).id()`.
+    ///
+    /// Reads the slot's generation under the guard (no cost unless called).
+    ///
+    /// ```
+    /// use drainable::Registry;
+    ///
+    /// let r = Registry::new();
+    /// let hs = [r.register("a"), r.register("b")];
+    /// let b = r.iter().find(|g| **g == "b").map(|g| g.id()).unwrap();
+    /// assert_eq!(b, hs[1].id());
+    /// assert_eq!(*r.get(b).unwrap(), "b");
+    /// # r.unregister_all(hs);
+    /// ```
+    pub fn id(&self) -> EntryId {
+        EntryId {
+            // Relaxed: this guard's acquisition synchronised with the `reopen` of the entry's
+            // registration, which came after the registry's number was assigned; it never
+            // changes after that, so this reads it.
+            registry: self.registry.id.load(Ordering::Relaxed),
+            index: self.index,
+            generation: generation(&self.guard),
+        }
+    }
 }
 
 // SAFETY: sharing a `&EntryGuard` only gives out `&T`, fine across threads when `T: Sync`.
@@ -36,7 +68,7 @@ impl<T, C: Counter> Deref for EntryGuard<'_, T, C> {
 
     #[inline]
     fn deref(&self) -> &T {
-        value(&*self.guard)
+        value(&self.guard)
     }
 }
 
@@ -65,16 +97,21 @@ impl<T: fmt::Debug, C: Counter> fmt::Debug for EntryGuard<'_, T, C> {
 /// # r.unregister_all(hs);
 /// ```
 pub struct RegistryIter<'a, T, C: Counter = Shared> {
+    registry: &'a Registry<T, C>,
     chunks: Chunks<'a, Slot<T, C>>,
     slots: std::slice::Iter<'a, Slot<T, C>>,
+    /// The index of the next slot `slots` yields (chunks are consecutive from slot 0).
+    next_index: usize,
 }
 
 impl<'a, T, C: Counter> RegistryIter<'a, T, C> {
-    /// An iterator over the slots of `chunks`.
-    pub(super) fn new(chunks: Chunks<'a, Slot<T, C>>) -> Self {
+    /// An iterator over the slots of `chunks`, which are `registry`'s from the first.
+    pub(super) fn new(registry: &'a Registry<T, C>, chunks: Chunks<'a, Slot<T, C>>) -> Self {
         RegistryIter {
+            registry,
             chunks,
             slots: [].iter(),
+            next_index: 0,
         }
     }
 }
@@ -93,8 +130,14 @@ impl<'a, T, C: Counter> Iterator for RegistryIter<'a, T, C> {
     fn next(&mut self) -> Option<EntryGuard<'a, T, C>> {
         loop {
             for slot in self.slots.by_ref() {
+                let index = self.next_index;
+                self.next_index += 1;
                 if let Some(guard) = slot.try_acquire() {
-                    return Some(EntryGuard { guard });
+                    return Some(EntryGuard {
+                        guard,
+                        registry: self.registry,
+                        index,
+                    });
                 }
             }
             self.slots = self.chunks.next()?.iter();
