@@ -1122,4 +1122,31 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
     pub(crate) fn value_unguarded(&self) -> &T {
         &self.value
     }
+
+    /// Takes a count that may be given back on any thread, as an [`OwnedGuard`]'s, for a
+    /// guard type of the crate that keeps the drainable alive by other means (the registry's
+    /// owned entry guard holds an `Arc` of its registry). `None` once closed.
+    #[inline]
+    pub(crate) fn try_acquire_ticket(&self) -> Option<C::Ticket> {
+        match self.counter.try_acquire_owned(&self.state) {
+            Ok(ticket) => Some(ticket),
+            Err(Refused::Closed) => None,
+            Err(Refused::Overflow) => overflow(),
+        }
+    }
+
+    /// Gives back a count from [`try_acquire_ticket`](Self::try_acquire_ticket).
+    ///
+    /// # Safety
+    /// `this` is live, and the caller owns the count `ticket`, given back once, here. After
+    /// the call the drainable may be drained (and its value taken) at once.
+    #[inline]
+    pub(crate) unsafe fn release_ticket(this: *const Self, ticket: C::Ticket) {
+        // SAFETY: the caller keeps `this` live; `addr_of!` reaches the fields without a
+        // reference across the release.
+        let (word, counter) =
+            unsafe { (ptr::addr_of!((*this).state), ptr::addr_of!((*this).counter)) };
+        // SAFETY: forwarded: the caller owns the count.
+        unsafe { C::release(counter, word, ticket) };
+    }
 }

@@ -264,8 +264,8 @@ pub use grace::{
     ReadSection,
 };
 pub use registry::{
-    EntryGuard, EntryId, PendingRemoval, Registration, Registry, RegistryIter, RemovalTimeoutError,
-    UnregisterTimeoutError,
+    CommitRemoval, EntryGuard, EntryId, OwnedEntryGuard, PendingRemoval, Registration, Registry,
+    RegistryIter, RemovalTimeoutError, Unregister, UnregisterAll, UnregisterTimeoutError,
 };
 
 #[cfg(all(test, not(drainable_loom)))]

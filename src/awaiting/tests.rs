@@ -397,3 +397,111 @@ mod grace {
         assert_eq!(pollster::block_on(c.replace_async("v2".into())), "v1");
     }
 }
+
+mod registry {
+    use super::*;
+    use crate::{PerCpu, Registry};
+
+    fn noop() -> Context<'static> {
+        Context::from_waker(Waker::noop())
+    }
+
+    macro_rules! both_registries {
+        ($($name:ident: |$r:ident| $body:block)*) => {
+            mod shared {
+                use super::*;
+                $( #[test] fn $name() { let $r = Arc::new(Registry::<String>::new()); $body } )*
+            }
+            mod per_cpu {
+                use super::*;
+                $( #[test] fn $name() {
+                    let $r = Arc::new(Registry::<String, PerCpu>::with_counter()); $body
+                } )*
+            }
+        };
+    }
+
+    both_registries! {
+        unregister_async_waits_for_the_call_in_flight: |r| {
+            let h = r.register("a".into());
+            let call = r.get_owned(h.id()).unwrap();
+            let (count, waker) = counting_waker();
+            let mut f = Box::pin(r.unregister_async(h));
+            assert!(f.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
+            assert_eq!(r.iter().count(), 0, "closed at the first poll");
+            thread::spawn(move || drop(call)).join().unwrap();
+            assert!(count.0.load(Ordering::SeqCst) >= 1);
+            assert_eq!(pollster::block_on(f), "a");
+            assert!(r.is_empty());
+        }
+
+        an_unpolled_unregister_changes_nothing_and_parks_its_registration: |r| {
+            let h = r.register("a".into());
+            let id = h.id();
+            drop(r.unregister_async(h));
+            assert_eq!(r.iter().count(), 1);
+            let h = r.recover(id).expect("parked");
+            assert_eq!(r.unregister(h), "a");
+        }
+
+        a_cancelled_unregister_keeps_the_entry_and_its_registration: |r| {
+            let h = r.register("a".into());
+            let id = h.id();
+            let call = r.get(id).unwrap();
+            let mut f = Box::pin(r.unregister_async(h));
+            assert!(f.as_mut().poll(&mut noop()).is_pending());
+            drop(f);
+            drop(call);
+            assert_eq!(r.iter().count(), 1, "live again");
+            assert!(r.get(id).is_some(), "the id still names the entry");
+            let h = r.recover(id).expect("parked");
+            assert!(r.recover(id).is_none());
+            assert_eq!(pollster::block_on(r.unregister_async(h)), "a");
+            assert!(r.recover(id).is_none());
+        }
+
+        a_cancelled_commit_removal_undoes_and_parks: |r| {
+            let h = r.register("a".into());
+            let id = h.id();
+            let call = r.get(id).unwrap();
+            let mut f = Box::pin(r.prepare_unregister(h).commit_async());
+            assert!(f.as_mut().poll(&mut noop()).is_pending());
+            drop(f);
+            drop(call);
+            assert_eq!(r.iter().count(), 1);
+            let p = r.prepare_unregister(r.recover(id).unwrap());
+            assert_eq!(pollster::block_on(p.commit_async()), "a");
+        }
+
+        unregister_all_async_is_all_or_nothing: |r| {
+            let hs: Vec<_> = ["a", "b", "c"].iter().map(|s| r.register(s.to_string())).collect();
+            let ids: Vec<_> = hs.iter().map(|h| h.id()).collect();
+            // A call holds up "b" only.
+            let call = r.get(ids[1]).unwrap();
+            let mut f = Box::pin(r.unregister_all_async(hs));
+            assert!(f.as_mut().poll(&mut noop()).is_pending());
+            assert_eq!(r.iter().count(), 0, "all closed at the first poll");
+            drop(call);
+            drop(f); // "a" and "c" had drained: they come back too, values in place
+            assert_eq!(r.iter().count(), 3);
+            let hs: Vec<_> = ids.iter().map(|id| r.recover(*id).expect("parked")).collect();
+            assert_eq!(pollster::block_on(r.unregister_all_async(hs)), ["a", "b", "c"]);
+            assert!(r.is_empty());
+        }
+
+        an_owned_entry_guard_of_a_removed_or_reused_slot_is_none: |r| {
+            let h = r.register("a".into());
+            let old = h.id();
+            r.unregister(h);
+            let h = r.register("b".into());
+            assert!(r.get_owned(old).is_none(), "a stale id found the slot's new occupant");
+            let g = r.get_owned(h.id()).unwrap();
+            assert_eq!(*g, "b");
+            let other = Arc::new(Registry::<String>::new());
+            let _ = other.register("x".into());
+            assert!(other.get_owned(h.id()).is_none());
+            drop(g);
+            r.unregister(h);
+        }
+    }
+}

@@ -184,3 +184,151 @@ impl<T, C: Counter> fmt::Debug for RegistryIter<'_, T, C> {
             .finish()
     }
 }
+
+/// A registered value held by a guard that owns an `Arc` of its registry, from
+/// [`Registry::get_owned`]: `Send` and `'static` (for `T: Send + Sync + 'static`), so a call
+/// can be held across an `.await` or handed to another thread. A call into the entry is in
+/// flight while it lives, exactly as for an [`EntryGuard`]: the entry's removal waits for its
+/// drop, on whichever thread drops it.
+///
+/// The debug-build self-deadlock detector does not track it (it can move between threads).
+///
+/// ```
+/// use drainable::{OwnedEntryGuard, Registry};
+/// use std::sync::Arc;
+///
+/// fn send_static<X: Send + 'static>(_: &X) {}
+/// let r = Arc::new(Registry::new());
+/// let h = r.register(String::from("tcp"));
+/// let call: OwnedEntryGuard<String> = r.get_owned(h.id()).unwrap();
+/// send_static(&call);
+/// assert_eq!(call.len(), 3);
+/// assert_eq!(OwnedEntryGuard::id(&call), h.id());
+/// drop(call);
+/// r.unregister(h);
+/// ```
+#[must_use = "an OwnedEntryGuard that is not kept is released at once"]
+pub struct OwnedEntryGuard<T, C: Counter = Shared> {
+    registry: std::sync::Arc<Registry<T, C>>,
+    id: EntryId,
+    ticket: <C as crate::counter::sealed::SealedTicket>::Ticket,
+}
+
+impl<T, C: Counter> Registry<T, C> {
+    /// As [`get`](Self::get), with a guard that owns an `Arc` of the registry: `Send` and
+    /// `'static`, for a call held across an `.await` or moved to another thread. `None` if
+    /// the entry is not registered any more, its removal has begun, or `id` is of another
+    /// registry.
+    ///
+    /// Lock-free and O(1), as `get`, plus the `Arc` clone; for a per-CPU registry the call is
+    /// counted in the slots (it may end on another thread), not in the thread's record.
+    ///
+    /// ```
+    /// use drainable::Registry;
+    /// use std::sync::Arc;
+    ///
+    /// let r = Arc::new(Registry::new());
+    /// let h = r.register(21);
+    /// let call = r.get_owned(h.id()).unwrap();
+    /// let doubled = std::thread::spawn(move || *call * 2).join().unwrap();
+    /// assert_eq!(doubled, 42);
+    /// r.unregister(h);
+    /// ```
+    pub fn get_owned(self: &std::sync::Arc<Self>, id: EntryId) -> Option<OwnedEntryGuard<T, C>> {
+        // Relaxed: as in `get`.
+        if id.registry != self.id.load(Ordering::Relaxed) {
+            return None;
+        }
+        let slot = self.storage.get(id.index);
+        let ticket = slot.try_acquire_ticket()?;
+        // Read under the count just taken, as `get` reads under its guard (the acquisition is
+        // `Acquire`, pairing with the `reopen` that published this occupant's generation).
+        // SAFETY: the count keeps the slot from draining, so nobody writes the cell; the read
+        // is a copy.
+        let current = slot.value_unguarded().with(|p| unsafe { (*p).generation });
+        if current != id.generation {
+            // SAFETY: the count was taken just above and is given back once, here.
+            unsafe { Slot::<T, C>::release_ticket(slot, ticket) };
+            return None;
+        }
+        Some(OwnedEntryGuard {
+            registry: std::sync::Arc::clone(self),
+            id,
+            ticket,
+        })
+    }
+}
+
+impl<T, C: Counter> OwnedEntryGuard<T, C> {
+    /// The [`EntryId`] of the entry held. An associated function
+    /// (`OwnedEntryGuard::id(&g)`), so it does not shadow a method of `T`.
+    ///
+    /// ```
+    /// use drainable::{OwnedEntryGuard, Registry};
+    /// let r = std::sync::Arc::new(Registry::new());
+    /// let h = r.register(());
+    /// assert_eq!(OwnedEntryGuard::id(&r.get_owned(h.id()).unwrap()), h.id());
+    /// # r.unregister(h);
+    /// ```
+    pub fn id(this: &Self) -> EntryId {
+        this.id
+    }
+
+    /// The registry this guard holds an entry of.
+    ///
+    /// ```
+    /// use drainable::{OwnedEntryGuard, Registry};
+    /// use std::sync::Arc;
+    /// let r = Arc::new(Registry::new());
+    /// let h = r.register(());
+    /// let g = r.get_owned(h.id()).unwrap();
+    /// assert!(Arc::ptr_eq(OwnedEntryGuard::registry(&g), &r));
+    /// # drop(g); r.unregister(h);
+    /// ```
+    pub fn registry(this: &Self) -> &std::sync::Arc<Registry<T, C>> {
+        &this.registry
+    }
+}
+
+impl<T, C: Counter> Deref for OwnedEntryGuard<T, C> {
+    type Target = T;
+
+    #[inline]
+    fn deref(&self) -> &T {
+        let slot = self.registry.storage.get(self.id.index);
+        // SAFETY: this guard's count keeps the slot from draining, so its value (written before
+        // the `reopen` the acquisition synchronised with) is not taken while `&self` lives.
+        let value = slot
+            .value_unguarded()
+            .with(|p| unsafe { (*p).value.as_ref() });
+        match value {
+            Some(value) => value,
+            None => unreachable!("drainable: an open registry slot held no value"),
+        }
+    }
+}
+
+impl<T, C: Counter> Drop for OwnedEntryGuard<T, C> {
+    #[inline]
+    fn drop(&mut self) {
+        let slot: *const Slot<T, C> = self.registry.storage.get(self.id.index);
+        // SAFETY: the `Arc` keeps the registry, and so the slot, alive past the release; the
+        // guard owns its count, given back once, here. After it the slot may drain and its
+        // value be taken: nothing of it is touched again.
+        unsafe { Slot::<T, C>::release_ticket(slot, self.ticket) };
+    }
+}
+
+impl<T: fmt::Debug, C: Counter> fmt::Debug for OwnedEntryGuard<T, C> {
+    /// Formats the value.
+    ///
+    /// ```
+    /// let r = std::sync::Arc::new(drainable::Registry::new());
+    /// let h = r.register("x");
+    /// assert_eq!(format!("{:?}", r.get_owned(h.id()).unwrap()), "\"x\"");
+    /// # r.unregister(h);
+    /// ```
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}

@@ -37,6 +37,7 @@
 //! - `tests.rs`: the unit tests.
 
 mod error;
+mod future;
 mod handle;
 mod id;
 mod iter;
@@ -45,9 +46,10 @@ mod storage;
 mod tests;
 
 pub use error::{RemovalTimeoutError, UnregisterTimeoutError};
+pub use future::{CommitRemoval, Unregister, UnregisterAll};
 pub use handle::{PendingRemoval, Registration};
 pub use id::EntryId;
-pub use iter::{EntryGuard, RegistryIter};
+pub use iter::{EntryGuard, OwnedEntryGuard, RegistryIter};
 
 use crate::counter::{Counter, PerCpu, Shared};
 use crate::drainable::{DrainableWith, Guard};
@@ -184,6 +186,9 @@ struct Control {
     free: Vec<usize>,
     /// The storage's appending side: the slots handed out and the chunks allocated.
     tail: Tail,
+    /// Registrations handed back to the registry by a cancelled async removal, for
+    /// [`Registry::recover`]: the entries are live again, and their registrations are here.
+    parked: Vec<EntryId>,
 }
 
 // SAFETY: a registry owns its values, so sending it sends them (`T: Send`). Nothing else in it
@@ -261,6 +266,7 @@ impl<T, C: Counter> Registry<T, C> {
                 len: AtomicUsize::new(0),
                 id: AtomicU64::new(0),
                 control: Mutex::new(Control {
+                    parked: Vec::new(),
                     free: Vec::new(),
                     tail: Tail::new(),
                 }),
@@ -607,6 +613,49 @@ impl<T, C: Counter> Registry<T, C> {
                 error,
             }),
         }
+    }
+
+    /// The registration of an entry whose async removal was cancelled: an
+    /// [`unregister_async`](Self::unregister_async), [`unregister_all_async`](Self::unregister_all_async)
+    /// or [`PendingRemoval::commit_async`] future dropped before it completed leaves its
+    /// entries registered (live again, as after an undo) and hands their registrations to the
+    /// registry, which gives each back once, here. `None` for any other id (a registration
+    /// still held elsewhere, one recovered already, a removed entry, another registry).
+    ///
+    /// Takes the registry's lock briefly.
+    ///
+    /// ```
+    /// use drainable::Registry;
+    /// use std::future::Future;
+    /// use std::task::{Context, Waker};
+    ///
+    /// let r = Registry::new();
+    /// let h = r.register("eth0");
+    /// let id = h.id();
+    /// let call = r.get(id).unwrap(); // a call in flight
+    /// let mut removal = Box::pin(r.unregister_async(h));
+    /// let _ = removal.as_mut().poll(&mut Context::from_waker(Waker::noop())); // closes, waits
+    /// drop(removal); // cancelled, e.g. by a timeout
+    /// drop(call);
+    /// assert_eq!(r.iter().count(), 1); // live again
+    /// let h = r.recover(id).expect("the registration came back");
+    /// assert!(r.recover(id).is_none()); // once
+    /// assert_eq!(pollster::block_on(r.unregister_async(h)), "eth0");
+    /// ```
+    pub fn recover(&self, id: EntryId) -> Option<Registration<T>> {
+        let mut control = self.lock();
+        let i = control.parked.iter().position(|p| *p == id)?;
+        control.parked.swap_remove(i);
+        Some(Registration {
+            id,
+            _value: PhantomData,
+        })
+    }
+
+    /// Keeps a registration whose entry is live again after a cancelled async removal, for
+    /// [`recover`](Self::recover).
+    pub(super) fn park(&self, registration: Registration<T>) {
+        self.lock().parked.push(registration.id);
     }
 
     /// The number of registered values, entries whose removal is in progress included. A
