@@ -163,8 +163,66 @@
 //!
 //! `docs/design.md` §10 in the repository has each backend and its limits.
 //!
-// The section on async code goes here (it comes with the async API); until then, the pitfall
-// below says what to do.
+//! # Async
+//!
+//! Every wait has a future twin that waits without blocking a thread, on any executor (tokio,
+//! smol / `async-executor`, `futures::executor`, `pollster`): the library depends on none.
+//!
+//! | blocking | future | output |
+//! |---|---|---|
+//! | [`drain`](Drainable::drain) | [`drain_async`](Drainable::drain_async) | `()` |
+//! | [`PendingDrain::commit`] | [`PendingDrain::commit_async`] | `()` |
+//! | [`GraceDomain::synchronize`] | [`GraceDomain::synchronize_async`] | `()` |
+//! | [`GraceCell::replace`] | [`GraceCell::replace_async`] | the old `T` |
+//! | [`Registry::unregister`] | [`Registry::unregister_async`] | `T` |
+//! | [`Registry::unregister_all`] | [`Registry::unregister_all_async`] | `Vec<T>` |
+//! | [`PendingRemoval::commit`] | [`PendingRemoval::commit_async`] | `T` |
+//!
+//! - **They complete exactly when the blocking call would return**, with the same guarantees:
+//!   after `drain_async().await` no guard exists, everything done under one happens-before,
+//!   and the memory may be freed. The release that completes a drain wakes the task, on
+//!   whatever thread it runs; the task's waker waits in a process-wide table keyed by the
+//!   address of the word it waits on (as Linux's `wait_var_event` keeps its waiters), so
+//!   nothing is added to a drainable (a `Drainable<()>` stays 4 bytes) and a release that
+//!   wakes nobody costs what it did.
+//! - **Lazy**: each closes (or publishes, or asks for its grace period) at its first poll.
+//!   To close at once and wait later, use [`prepare_drain`](Drainable::prepare_drain) or
+//!   [`prepare_unregister`](Registry::prepare_unregister) and the `commit_async` of what they
+//!   return.
+//! - **Cancellation is "unload or fail"**: a drain or removal future dropped before it
+//!   completes undoes its close, exactly as a timed-out `drain_timeout` does, so
+//!   `tokio::time::timeout(limit, d.drain_async())` either drains within `limit` or leaves `d`
+//!   as it was. A cancelled removal leaves its entries registered and hands their
+//!   registrations to the registry: [`Registry::recover`] gives each back by its [`EntryId`].
+//!   A cancelled `replace_async` that had published hands the old value to the domain, which
+//!   drops it after the grace period (never while a reader can still see it).
+//! - **`Send`** (when `T` is `Send + Sync`) and `Unpin`; no lock is held across a poll.
+//! - **Guards held across `.await`**: a [`Guard`] is `!Send`. Use
+//!   [`try_acquire_owned`](Drainable::try_acquire_owned), [`Registry::get_owned`] and
+//!   [`GraceCell::read_owned`], whose guards own an `Arc` and are `Send + 'static`.
+//! - A per-CPU drain makes its `membarrier` system call inside a poll (tens of microseconds);
+//!   everything else in a poll is a few atomic operations, or a short lock.
+//!
+//! ```
+//! use drainable::Drainable;
+//! use std::sync::Arc;
+//!
+//! // A server's connection tasks hold owned guards of the listener's drainable.
+//! let accepting = Arc::new(Drainable::new(()));
+//! let conn = accepting.try_acquire_owned().unwrap();
+//! let task = std::thread::spawn(move || drop(conn)); // stands in for a task finishing
+//! // Shutdown: stop new connections, wait for the open ones (in a runtime:
+//! // `tokio::time::timeout(deadline, accepting.drain_async()).await`).
+//! pollster::block_on(accepting.drain_async());
+//! assert!(accepting.is_drained());
+//! task.join().unwrap();
+//! ```
+//!
+//! The async self-deadlock: a task that holds a guard of a drainable and awaits its drain waits
+//! forever, as a thread would. A future cannot tell which task holds a guard, so unlike the
+//! blocking drain this is not detected; drop the task's guards before awaiting. The demo
+//! `async-tests/examples/graceful_shutdown.rs` is a tokio TCP server that drains its
+//! connections with a deadline.
 //!
 //! # Pitfalls
 //!
@@ -190,10 +248,9 @@
 //!   assert_eq!(seen, 5);
 //!   ```
 //! - **Blocking inside async code.** `drain`, `commit`, `unregister`, `synchronize` and
-//!   `replace` block the calling thread. In an async runtime, run them where blocking is
-//!   allowed, e.g. `tokio::task::spawn_blocking(move || hook.drain())`. Guards taken in a
-//!   task: a [`Guard`] is `!Send`, so a `Send` future cannot hold one across an `.await`;
-//!   use [`try_acquire_owned`](Drainable::try_acquire_owned).
+//!   `replace` block the calling thread: in an async task, await their `_async` twins instead
+//!   (see *Async*). Guards taken in a task: a [`Guard`] is `!Send`, so a `Send` future cannot
+//!   hold one across an `.await`; use the owned guards.
 //! - **`Arc::try_unwrap` right after a drain may fail for an instant.** An [`OwnedGuard`]
 //!   gives its count back (which lets `drain` return) and only then drops its `Arc` clone,
 //!   so `drain(); Arc::try_unwrap(d)` can still see that clone. The drain itself is exact:
