@@ -451,7 +451,10 @@ impl<T, C: Counter> Registry<T, C> {
         // after writing its generation; the generation cannot change while the guard lives
         // (only a registration into a drained slot writes it). So a stale id compares
         // against the current occupant's generation, never a half-written one.
-        (generation(&guard) == id.generation).then_some(EntryGuard {
+        if generation(&guard) != id.generation {
+            return None; // another occupant: dropping the guard releases it
+        }
+        Some(EntryGuard {
             guard,
             registry: self,
             index: id.index,
