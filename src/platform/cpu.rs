@@ -30,6 +30,37 @@ pub(crate) fn current() -> usize {
     thread_index()
 }
 
+/// How many CPUs the per-CPU counters should spread over, read once per process: the value of
+/// the environment variable `DRAINABLE_SLOTS` if it is a positive number (a knob to state and
+/// test the figures of larger machines on a small one), else `available_parallelism` (which
+/// reads cgroup files with several system calls: 36 us a call, too slow for every
+/// construction), else 1.
+#[cfg(not(drainable_loom))]
+pub(crate) fn spread() -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    /// 0 until first read.
+    static SPREAD: AtomicUsize = AtomicUsize::new(0);
+    // Relaxed: the value is the same whoever computes it; a race only computes it twice.
+    match SPREAD.load(Ordering::Relaxed) {
+        0 => {
+            let n = std::env::var("DRAINABLE_SLOTS")
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .filter(|&n| n > 0)
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            SPREAD.store(n, Ordering::Relaxed);
+            n
+        }
+        n => n,
+    }
+}
+
+/// Under loom the counters use two slots whatever the machine (see `slots.rs`).
+#[cfg(drainable_loom)]
+pub(crate) fn spread() -> usize {
+    2
+}
+
 /// A number per thread, handed out round-robin on first use.
 #[cfg(not(drainable_loom))]
 #[inline]

@@ -113,21 +113,12 @@ impl sealed::CounterImpl for PerCpu {
     const NAME: &'static str = "PerCpuDrainable";
 
     fn new_counter() -> Self {
-        // Registers `membarrier` now, if at all, so that no guard's first use pays for it.
-        records::enabled();
-        PerCpu {
-            id: platform::unique_id(),
-            slots: Folding::new(),
-            entries_token: AtomicU64::new(0),
-            control: Mutex::new(()),
-        }
+        Self::with_slots(Folding::new())
     }
 
     fn new_drained_counter() -> Self {
-        PerCpu {
-            slots: Folding::new_folded(),
-            ..Self::new_counter()
-        }
+        // One set of slots, built folded (not a second one over `new_counter`'s).
+        Self::with_slots(Folding::new_folded())
     }
 
     #[inline]
@@ -247,6 +238,17 @@ impl sealed::CounterImpl for PerCpu {
 }
 
 impl PerCpu {
+    fn with_slots(slots: Folding) -> Self {
+        // Registers `membarrier` now, if at all, so that no guard's first use pays for it.
+        records::enabled();
+        PerCpu {
+            id: platform::unique_id(),
+            slots,
+            entries_token: AtomicU64::new(0),
+            control: Mutex::new(()),
+        }
+    }
+
     /// Serialises the closes and opens of the word with the passes over the slots that go
     /// with them.
     fn lock_control(&self) -> MutexGuard<'_, ()> {

@@ -60,8 +60,10 @@ fn slot_count() -> usize {
         // Two slots, so that tests exercise counts given back on another slot.
         return 2;
     }
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    cpus.clamp(1, MAX_SLOTS).next_power_of_two()
+    // Read once per process (`platform::cpu::spread`), not on every construction.
+    crate::platform::cpu::spread()
+        .clamp(1, MAX_SLOTS)
+        .next_power_of_two()
 }
 
 impl Folding {
