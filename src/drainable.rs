@@ -49,14 +49,17 @@ use std::time::{Duration, Instant};
 ///   free entry, a plain store into that entry and one more load of the word; dropping is a plain
 ///   store and a load: no read-modify-write at all; elsewhere, and for [`OwnedGuard`]s, a CAS on
 ///   the current CPU's slot (retried only if a thread on the same CPU changed it in between) and a
-///   `fetch_sub` on that slot. Readers on different CPUs never write the same line.
+///   `fetch_sub` on that slot. Readers on different CPUs never write the same line. The first
+///   guard of a [`PerCpuDrainable`] counted in the slots makes them: it takes the drainable's
+///   control lock once (held by a close or an open for a pass over the slots, never across a
+///   wait), so that one acquisition is blocking, briefly; every later one is lock-free.
 /// - [`drain`](Self::drain): blocking and starvation-free. Once closed it waits only for the
 ///   guards taken before the close, however busy the acquirers are: a failed acquisition does
 ///   not write to the word once the close is visible to it.
 /// - `size_of::<Drainable<()>>() == 4` (16 in builds with `debug_assertions`, which keep a
-///   key for the deadlock detector), and its `Guard` is one pointer. A `PerCpuDrainable` takes 64
-///   bytes (`PerCpuDrainable<()>`, release builds) plus 128 per slot, plus 128 bytes per thread for
-///   the whole process (see [`PerCpu`]); its `Guard` adds where the guard is counted (two words).
+///   key for the deadlock detector), and its `Guard` is one pointer. A `PerCpuDrainable` takes 56
+///   bytes (`PerCpuDrainable<()>`, release builds), plus 8 per slot once a guard needs the slots,
+///   plus 128 bytes per thread for the whole process (see [`PerCpu`]); its `Guard` adds where the guard is counted (two words).
 ///
 /// # Leaked guards
 ///
@@ -582,13 +585,18 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
         &mut self.value
     }
 
-    /// Bytes this drainable allocated outside itself: 0 for a [`Drainable`], the slots for a
-    /// [`PerCpuDrainable`]. The whole footprint is `size_of_val(&d) + d.heap_bytes()`.
+    /// Bytes this drainable holds outside itself: 0 for a [`Drainable`]; for a
+    /// [`PerCpuDrainable`], its slots in the per-CPU arena (8 bytes per slot), once a guard
+    /// needed them (an owned guard, a thread's fifth guard, or any guard where `membarrier` is
+    /// missing), else 0. The whole footprint is `size_of_val(&d) + d.heap_bytes()`.
     ///
     /// ```
     /// use drainable::{Drainable, PerCpuDrainable};
+    /// use std::sync::Arc;
     /// assert_eq!(Drainable::new(()).heap_bytes(), 0);
-    /// assert!(PerCpuDrainable::new(()).heap_bytes() >= 128);
+    /// let d = Arc::new(PerCpuDrainable::new(()));
+    /// drop(d.try_acquire_owned());
+    /// assert!(d.heap_bytes() >= 8);
     /// ```
     pub fn heap_bytes(&self) -> usize {
         self.counter.heap_bytes()

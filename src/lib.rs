@@ -17,7 +17,7 @@
 //! - [`PerCpuDrainable<T>`]: the same contract with guards counted in the taking thread's own
 //!   cache line (plain stores; the drain side pays a `membarrier`), or in per-CPU slots, so
 //!   the hot path stays flat as cores are added and beats `crossbeam-epoch`'s pin even on one
-//!   thread; 128 bytes per slot. Both are
+//!   thread; 8 bytes per CPU slot, and only where slots are needed. Both are
 //!   [`DrainableWith<T, C>`](DrainableWith) with a different [`Counter`], so generic code and
 //!   a one-line switch work.
 //! - [`GraceCell<T>`] and [`GraceDomain`]: for *replacing* rather than removing. Readers
@@ -80,8 +80,8 @@
 //!
 //! Between the two counters: one [`Drainable`] is one shared word, the cheapest choice on one
 //! thread and 4 bytes, but its cache line moves between cores that use it at once, as an
-//! `Arc`'s does. [`PerCpuDrainable`] keeps a hot path called from many cores flat, at 128
-//! bytes per slot and a costlier drain (see *Platforms and fallbacks*).
+//! `Arc`'s does. [`PerCpuDrainable`] keeps a hot path called from many cores flat, at 56
+//! bytes (plus 8 per CPU slot, where slots are needed) and a costlier drain (see *Platforms and fallbacks*).
 //!
 //! Replacing rather than removing (a configuration reload, a routing-table swap):
 //!
@@ -133,7 +133,7 @@
 //!   a futex wake.
 //! - **When `membarrier` is missing at start-up** (other platforms, old kernels, a seccomp
 //!   filter already in place): no record is handed out, and every per-CPU guard is counted in
-//!   the cache-line-padded per-CPU slots instead, with one uncontended compare-and-swap.
+//!   the per-CPU slots instead, with one uncontended compare-and-swap.
 //!   Still exact; the hot path costs a little more, and a drain folds the slots (one atomic
 //!   read-modify-write each) instead of calling `membarrier`.
 //! - **When `membarrier` is refused later** (a sandbox installs a seccomp filter after

@@ -7,8 +7,9 @@
 //!
 //! - [`Shared`] (`shared.rs`): guards are counted in the lifecycle word itself. Zero bytes.
 //! - [`PerCpu`] (`per_cpu/`): guards are counted in the taking thread's own record
-//!   (`per_cpu/records.rs`) or in cache-line-padded per-CPU slots that a close *folds* into one
-//!   central count (`per_cpu/slots.rs`).
+//!   (`per_cpu/records.rs`) or in per-CPU slots that a close *folds* into one central count
+//!   (`per_cpu/slots.rs`), 8-byte cells made on first use in a process-wide per-CPU arena
+//!   (`per_cpu/arena.rs`).
 
 mod per_cpu;
 mod shared;

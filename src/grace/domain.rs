@@ -3,7 +3,7 @@
 
 #[cfg(doc)]
 use super::GraceCell; // for the doc links
-use crate::counter::slots::Folding;
+use crate::counter::slots::{self, Folding};
 use crate::lifecycle::track;
 use crate::lifecycle::word as state;
 use crate::platform::{
@@ -31,10 +31,13 @@ use std::time::{Duration, Instant};
 /// # Costs
 ///
 /// - `enter` / dropping the section: lock-free, one uncontended CAS / `fetch_sub` on the current
-///   CPU's cache line; no fence, no shared line.
+///   CPU's cache line; no fence, no shared line (the first section of each phase takes the step
+///   lock once, to make that phase's slots).
 /// - `synchronize`: blocking (spin, then futex); waits for the sections counted in the old
 ///   phase. A grace period costs one read-modify-write per slot to flip and one to reset.
-/// - Memory: `2 × 128 × slots` bytes (slots: CPUs rounded up to a power of two, at most 64).
+/// - Memory: inline, whatever the CPU count; plus 8 bytes per slot per phase in the per-CPU
+///   arena, from the phase's first section on (slots: CPUs rounded up to a power of two, at
+///   most 64).
 ///
 /// # Example
 ///
@@ -159,8 +162,8 @@ impl Default for GraceDomain {
 }
 
 impl GraceDomain {
-    /// Creates a domain with no read section and no grace period in flight. Allocates the
-    /// per-CPU slots of both phases.
+    /// Creates a domain with no read section and no grace period in flight. Allocates
+    /// nothing: each phase takes its per-CPU slots from the arena at its first read section.
     ///
     /// ```
     /// let d = drainable::GraceDomain::new();
@@ -189,7 +192,10 @@ impl GraceDomain {
     /// and never fails; nestable.
     ///
     /// Lock-free: one `Acquire` load and one CAS on the current CPU's slot (retried only if a
-    /// grace period flipped the phase at that very moment). The load *acquires* the phase flip,
+    /// grace period flipped the phase at that very moment). Except the first section of each
+    /// phase, which takes the per-CPU slots of that phase from the arena under the step lock
+    /// (held only for bounded passes over the slots, never across a wait): blocking, briefly,
+    /// twice per domain. The load *acquires* the phase flip,
     /// so a section sees everything a writer published before the grace period it is not
     /// waited for.
     ///
@@ -219,12 +225,24 @@ impl GraceDomain {
         loop {
             // Acquire: pairs with the flip's Release (writer's publish → reader).
             let phase = self.phase.load(Ordering::Acquire) as usize & 1;
-            if let Ok(slot) = self.phases[phase].try_increment() {
-                return (phase as u32, slot);
+            match self.phases[phase].try_increment() {
+                Ok(slot) => return (phase as u32, slot),
+                // The phase's first section: give it its slots, under the step lock that
+                // orders its folds and unfolds, then retry.
+                Err(slots::NO_SLOTS) => self.install_slots(phase),
+                // The slot is folded: a grace period flipped the phase after our load. Retry.
+                Err(_) => platform::spin_hint(),
             }
-            // The slot is folded: a grace period flipped the phase after our load. Retry.
-            platform::spin_hint();
         }
+    }
+
+    /// Gives phase `phase` its per-CPU slots, in its current fold state, under the step lock
+    /// (which every fold and unfold of a phase holds).
+    #[cold]
+    #[inline(never)]
+    fn install_slots(&self, phase: usize) {
+        let _steps = self.lock_steps();
+        self.phases[phase].install();
     }
 
     /// Ends a section from [`enter_raw`](Self::enter_raw).
@@ -507,10 +525,14 @@ impl GraceDomain {
         self.steps.try_lock()
     }
 
-    /// Bytes the domain allocated outside itself (both phases' slots).
+    /// Bytes the domain holds outside itself: each phase's slots in the per-CPU arena (8
+    /// bytes per slot), from that phase's first read section on; 0 before.
     ///
     /// ```
-    /// assert!(drainable::GraceDomain::new().heap_bytes() >= 256);
+    /// let d = drainable::GraceDomain::new();
+    /// assert_eq!(d.heap_bytes(), 0);
+    /// drop(d.enter());
+    /// assert!(d.heap_bytes() >= 8);
     /// ```
     pub fn heap_bytes(&self) -> usize {
         self.phases[0].heap_bytes() + self.phases[1].heap_bytes()

@@ -90,8 +90,9 @@ struct Entry<T> {
 ///
 /// `C` picks how the calls in flight are counted, per entry: [`Shared`] (the default; one
 /// word per entry) or [`PerCpu`](crate::PerCpu) (per-CPU counters, so callers on different
-/// cores never write the same cache line; it costs `128 ×` CPUs (up to 64) bytes per slot and
-/// makes registrations and removals a pass over them).
+/// cores never write the same cache line; an entry's per-CPU slots, 8 bytes per CPU (up to 64),
+/// are taken from a shared arena only where needed (owned guards, a thread's fifth guard, no
+/// `membarrier`), and registrations and removals pass over them).
 ///
 /// # Progress
 ///
@@ -245,7 +246,7 @@ impl<T> Registry<T, Shared> {
 impl<T, C: Counter> Registry<T, C> {
     platform::const_fn! {
         /// An empty registry counting calls in flight with the scheme `C`, e.g. [`PerCpu`]
-        /// for hot paths called from many cores (it costs `128 ×` CPUs bytes per slot).
+        /// for hot paths called from many cores (at most `8 ×` CPUs bytes more per entry).
         /// [`new`](Registry::new) is the same for the default, [`Shared`]. Allocates nothing
         /// until the first registration, and is a `const fn`.
         ///

@@ -1,6 +1,7 @@
 //! The per-CPU counter: guards counted in the taking thread's own record (`records.rs`) or in
 //! per-CPU slots that a close folds into one central count (`slots.rs`).
 
+mod arena;
 pub(crate) mod records;
 pub(crate) mod slots;
 
@@ -23,13 +24,15 @@ use std::time::Instant;
 ///   `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` (one system call, a few microseconds with
 ///   other threads running) and scans every thread's record, sleeping on a record's futex
 ///   until its entries of this drainable clear.
-/// - **Per-CPU slots**: cache-line-padded, one per CPU. Taking a guard is a CAS on the
-///   current CPU's slot, dropping it a `fetch_sub` on the slot it was taken on, wherever the
-///   thread runs by then. A close *folds* every slot into one central count with one
-///   read-modify-write per slot, so the drain waits for an exact count, and the drop that
-///   takes it to zero wakes the drainer. Used by [`OwnedGuard`](crate::OwnedGuard)s (they may
-///   be dropped on another thread), by a thread's fifth and later guard held at once, and for
-///   every guard where `membarrier` is unavailable (other platforms, old kernels, seccomp,
+/// - **Per-CPU slots**: one 8-byte cell per CPU, made on the first guard that needs them, in a
+///   process-wide arena where each CPU's cells (of many drainables) share lines only with each
+///   other. Taking a guard is a CAS on the current CPU's slot, dropping it a `fetch_sub` on
+///   the slot it was taken on, wherever the thread runs by then. A close *folds* every slot
+///   into one central count with one read-modify-write per slot, so the drain waits for an
+///   exact count, and the drop that takes it to zero wakes the drainer. Used by
+///   [`OwnedGuard`](crate::OwnedGuard)s (they may be dropped on another thread), by a thread's
+///   fifth and later guard held at once, and for every guard where `membarrier` is unavailable
+///   (other platforms, old kernels, seccomp,
 ///   or the environment variable `DRAINABLE_NO_MEMBARRIER` set at first use).
 ///
 /// If `membarrier` is refused only *after* records were handed out (a seccomp filter
@@ -43,20 +46,29 @@ use std::time::Instant;
 ///
 /// `docs/design.md` §6 has the whole argument. `drain`, `prepare_drain`, `undo` and `reopen`
 /// take a small lock that keeps the passes over the slots in the order of the closes and
-/// opens (guards never take it).
+/// opens; a guard takes it only once per drainable, the first time one is counted in the
+/// slots, to make them in the state of the last close or open.
 ///
 /// # Memory
 ///
-/// Per drainable: `128 × slots` bytes on the heap, `slots` being the number of CPUs rounded up to a
-/// power of two and capped at 64 (CPUs beyond share slots; correctness does not depend on it), plus
-/// 56 bytes inline (64 for a `PerCpuDrainable<()>` in release builds). Per process: one 128-byte
-/// record per thread alive at once that has taken a per-CPU guard, shared by all per-CPU drainables
-/// (reused when the thread exits, never freed).
+/// Per drainable: 48 bytes inline (56 for a `PerCpuDrainable<()>` in release builds), whatever
+/// the CPU count. Once a guard is counted in the slots, 8 bytes per slot more in the
+/// process-wide arena (`heap_bytes`), `slots` being the number of CPUs (read once per process;
+/// the environment variable `DRAINABLE_SLOTS` overrides it) rounded up to a power of two and
+/// capped at 64 (CPUs beyond share slots; correctness does not depend on it); given back to the
+/// arena when the drainable is dropped. Per process: one 128-byte record per thread alive at
+/// once that has taken a per-CPU guard, shared by all per-CPU drainables (reused when the thread
+/// exits, never freed), and the arena's chunks (never freed, reused).
 ///
 /// ```
-/// let d = drainable::PerCpuDrainable::new(());
-/// let slots = d.heap_bytes() / 128;
+/// use std::sync::Arc;
+///
+/// let d = Arc::new(drainable::PerCpuDrainable::new(()));
+/// assert_eq!(d.heap_bytes(), 0, "no slots until a guard needs them");
+/// let owned = d.try_acquire_owned().unwrap(); // an owned guard is counted in the slots
+/// let slots = d.heap_bytes() / 8;
 /// assert!(slots.is_power_of_two() && slots <= 64);
+/// drop(owned);
 /// ```
 pub struct PerCpu {
     /// Marks this drainable's guards in the thread-local entries. Unique in the process.
@@ -134,6 +146,7 @@ impl sealed::CounterImpl for PerCpu {
     fn try_acquire_owned(&self, _word: &Word) -> Result<PerCpuTicket, Refused> {
         match self.slots.try_increment() {
             Ok(index) => Ok(PerCpuTicket(Place::Slot(index))),
+            Err(slots::NO_SLOTS) => self.install_slots_and_acquire(),
             Err(value) => Err(refused(value)),
         }
     }
@@ -246,6 +259,23 @@ impl PerCpu {
             slots,
             entries_token: AtomicU64::new(0),
             control: Mutex::new(()),
+        }
+    }
+
+    /// The first guard counted in the slots: installs them under the control lock, in the fold
+    /// state of the close or open that came last (docs/design.md §6, *Slots made on first
+    /// use*), and takes the guard there.
+    #[cold]
+    #[inline(never)]
+    fn install_slots_and_acquire(&self) -> Result<PerCpuTicket, Refused> {
+        {
+            let _control = self.lock_control();
+            self.slots.install();
+        }
+        match self.slots.try_increment() {
+            Ok(index) => Ok(PerCpuTicket(Place::Slot(index))),
+            // Installed for good above: never `NO_SLOTS` again.
+            Err(value) => Err(refused(value)),
         }
     }
 

@@ -33,12 +33,9 @@
 //!   among themselves → the token release (`Release`) → the waiter's `Acquire`: everything done
 //!   by a holder happens-before the waiter returns.
 
+use super::arena::{self, Column};
 use crate::lifecycle::{Token, Word};
-use crate::platform::{AtomicU64, Ordering};
-
-/// One cache-line-padded slot.
-#[repr(align(128))]
-struct Slot(AtomicU64);
+use crate::platform::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
 const FOLDED: u64 = 1 << 63;
 /// Keeps `central` above zero while a fold is incomplete. Larger than any possible count.
@@ -47,61 +44,77 @@ const BIAS: u64 = 1 << 62;
 const SLOT_LIMIT: u64 = BIAS;
 /// At most this many slots.
 pub(crate) const MAX_SLOTS: usize = 64;
+/// What [`Folding::try_increment`] returns when the set has no slots yet: the caller installs
+/// them ([`Folding::install`]) under its lock and retries. No slot value is 0 and refused.
+pub(crate) const NO_SLOTS: u64 = 0;
 
-/// A set of per-CPU slots and the central count they fold into.
+/// A set of per-CPU slots and the central count they fold into. The slots are a column of the
+/// process-wide arena (`arena.rs`), taken on the first increment that needs one.
 pub(crate) struct Folding {
     central: AtomicU64,
-    slots: Box<[Slot]>,
-    mask: usize,
-}
-
-fn slot_count() -> usize {
-    if crate::platform::MODEL {
-        // Two slots, so that tests exercise counts given back on another slot.
-        return 2;
-    }
-    // Read once per process (`platform::cpu::spread`), not on every construction.
-    crate::platform::cpu::spread()
-        .clamp(1, MAX_SLOTS)
-        .next_power_of_two()
+    /// Null until [`install`](Self::install); then the column, until the set is dropped.
+    slots: AtomicPtr<AtomicU64>,
+    /// Whether the set is folded: what a column installed now starts as. Read and written only
+    /// under the owner's lock (the one that serialises folds and unfolds).
+    folded: AtomicBool,
 }
 
 impl Folding {
-    pub(crate) fn new() -> Self {
-        let n = slot_count();
-        Folding {
-            central: AtomicU64::new(0),
-            slots: (0..n).map(|_| Slot(AtomicU64::new(0))).collect(),
-            mask: n - 1,
+    crate::platform::const_fn! {
+        /// An open set, without slots until its first increment.
+        pub(crate) const fn new() -> Self {
+            Self::with_state(false)
         }
     }
 
-    /// A set whose slots start folded: increments are refused until the first
-    /// [`unfold`](Self::unfold).
-    pub(crate) fn new_folded() -> Self {
-        let f = Self::new();
-        for slot in f.slots.iter() {
-            // Relaxed: not yet shared with any other thread.
-            slot.0.store(FOLDED, Ordering::Relaxed);
+    crate::platform::const_fn! {
+        /// A set that starts folded: increments are refused until the first
+        /// [`unfold`](Self::unfold).
+        pub(crate) const fn new_folded() -> Self {
+            Self::with_state(true)
         }
-        f
     }
 
+    crate::platform::const_fn! {
+        const fn with_state(folded: bool) -> Self {
+            Folding {
+                central: AtomicU64::new(0),
+                slots: AtomicPtr::new(std::ptr::null_mut()),
+                folded: AtomicBool::new(folded),
+            }
+        }
+    }
+
+    /// Slots in the set: the arena's units once installed, else 0.
     pub(crate) fn len(&self) -> usize {
-        self.slots.len()
+        self.column().map_or(0, |_| arena::units())
     }
 
     pub(crate) fn is_folded(slot_value: u64) -> bool {
         slot_value & FOLDED != 0
     }
 
+    /// The column, if installed.
+    #[inline]
+    fn column(&self) -> Option<Column> {
+        // Acquire: pairs with the Release of `install`, so the column's initial values (and
+        // `arena::units`) are seen.
+        let p = self.slots.load(Ordering::Acquire);
+        (!p.is_null()).then(|| Column::from_ptr(p))
+    }
+
     /// Adds one to the current CPU's slot and returns its index, or returns the slot's value if
-    /// it is folded (or absurdly full).
+    /// it is folded (or absurdly full), or [`NO_SLOTS`] before [`install`](Self::install).
     #[inline]
     pub(crate) fn try_increment(&self) -> Result<u32, u64> {
-        let index = crate::cpu::current() & self.mask;
-        // SAFETY: `mask` is `slots.len() - 1` and the length is a power of two.
-        let slot = unsafe { &self.slots.get_unchecked(index).0 };
+        // Acquire: pairs with the Release of `install` (the slot's initial value).
+        let slots: *const AtomicU64 = self.slots.load(Ordering::Acquire);
+        if slots.is_null() {
+            return Err(NO_SLOTS);
+        }
+        let index = crate::cpu::current() & (arena::units() - 1);
+        // SAFETY: an installed column, and `index < units()`.
+        let slot = unsafe { &*Column::slot(slots, index) };
         // Relaxed: the CAS below decides and carries the ordering.
         let mut cur = slot.load(Ordering::Relaxed);
         loop {
@@ -116,6 +129,33 @@ impl Folding {
         }
     }
 
+    /// Gives the set its slots if it has none, in its current fold state. Call under the
+    /// owner's lock that serialises folds and unfolds, so that a fold sees either no slots (and
+    /// the set folded, for slots installed after it) or all of them.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn install(&self) {
+        // Relaxed: written only under the caller's lock, which orders it.
+        if !self.slots.load(Ordering::Relaxed).is_null() {
+            return;
+        }
+        let column = arena::take();
+        // Relaxed: under the caller's lock, like every fold and unfold.
+        let initial = if self.folded.load(Ordering::Relaxed) {
+            FOLDED
+        } else {
+            0
+        };
+        for slot in column.slots() {
+            // Relaxed: published by the Release store below (and a previous owner's accesses
+            // happen-before this, through the arena's lock).
+            slot.store(initial, Ordering::Relaxed);
+        }
+        // Release: pairs with the Acquire loads of `try_increment` and `column`.
+        self.slots
+            .store(column.as_ptr().cast_mut(), Ordering::Release);
+    }
+
     /// Gives back one count on slot `index`.
     ///
     /// # Safety
@@ -127,14 +167,17 @@ impl Folding {
         // SAFETY: `this` is live (the caller's count keeps its owner from finishing a wait); the
         // slot and `central` addresses are computed before the decrement.
         let (slot, central) = unsafe {
-            let slots: *const Slot = (*this).slots.as_ptr();
+            // Relaxed: the increment that made the caller's count read the installed column,
+            // and happens-before this (the same thread, or a guard handed over); the column
+            // changes only at the set's drop.
+            let slots: *const AtomicU64 = (*this).slots.load(Ordering::Relaxed);
             (
-                std::ptr::addr_of!((*slots.add(index as usize)).0),
+                Column::slot(slots, index as usize),
                 std::ptr::addr_of!((*this).central),
             )
         };
         // Release: publishes the holder's accesses to the fold's Acquire.
-        // SAFETY: the caller owns one count on this slot.
+        // SAFETY: the caller owns one count on this slot; the arena's chunks are never freed.
         let prev = unsafe { (*slot).fetch_sub(1, Ordering::Release) };
         if prev & FOLDED != 0 {
             // SAFETY: a fold counted this into `central`, and no wait can finish before
@@ -146,7 +189,10 @@ impl Folding {
 
     /// Folds every slot into `central`. `token` is one the caller just added to
     /// `word`'s count field; it is given back once nothing counted here is outstanding.
+    /// Under the owner's lock (as `install` and `unfold`).
     pub(crate) fn fold(&self, word: &Word, token: Token) {
+        // Relaxed: under the owner's lock, which `install` reads it under.
+        self.folded.store(true, Ordering::Relaxed);
         // Relaxed: the bias is only arithmetic; the fold's RMWs below carry the ordering.
         let before = self.central.fetch_add(BIAS, Ordering::Relaxed);
         if before != 0 {
@@ -160,9 +206,10 @@ impl Folding {
             token.stash();
         }
         let mut sum = 0u64;
-        for slot in self.slots.iter() {
+        // No slots: nothing was counted, and slots installed later start folded.
+        for slot in self.locked_slots() {
             // Acquire: synchronises with every decrement already made on the slot.
-            let prev = slot.0.fetch_or(FOLDED, Ordering::Acquire);
+            let prev = slot.fetch_or(FOLDED, Ordering::Acquire);
             debug_assert!(prev & FOLDED == 0, "fold of a folded slot");
             sum += prev;
         }
@@ -171,12 +218,14 @@ impl Folding {
         unsafe { release_folded(&self.central, word, BIAS - sum) };
     }
 
-    /// Unfolds every slot, so that increments succeed again.
+    /// Unfolds every slot, so that increments succeed again. Under the owner's lock.
     pub(crate) fn unfold(&self, word: &Word) {
+        // Relaxed: as in `fold`.
+        self.folded.store(false, Ordering::Relaxed);
         let mut sum = 0u64;
-        for slot in self.slots.iter() {
+        for slot in self.locked_slots() {
             // Release: what the opener did is visible to later incrementers on this slot.
-            let prev = slot.0.fetch_and(!FOLDED, Ordering::Release);
+            let prev = slot.fetch_and(!FOLDED, Ordering::Release);
             debug_assert!(prev & FOLDED != 0, "unfold of an open slot");
             sum += prev & !FOLDED;
         }
@@ -187,16 +236,39 @@ impl Folding {
         }
     }
 
-    /// Counts outstanding, as a snapshot: slot counts are exact at every instant.
-    pub(crate) fn outstanding(&self) -> usize {
-        self.slots
-            .iter()
-            .map(|s| s.0.load(Ordering::Relaxed) & !FOLDED)
-            .sum::<u64>() as usize
+    /// The slots, read under the owner's lock (empty before `install`).
+    fn locked_slots(&self) -> impl Iterator<Item = &'static AtomicU64> {
+        // Relaxed: `install` stores it under the same lock.
+        let p = self.slots.load(Ordering::Relaxed);
+        (!p.is_null())
+            .then(|| Column::from_ptr(p).slots())
+            .into_iter()
+            .flatten()
     }
 
+    /// Counts outstanding, as a snapshot: slot counts are exact at every instant.
+    pub(crate) fn outstanding(&self) -> usize {
+        self.column().map_or(0, |column| {
+            column
+                .slots()
+                .map(|s| s.load(Ordering::Relaxed) & !FOLDED)
+                .sum::<u64>() as usize
+        })
+    }
+
+    /// Bytes of the arena this set holds: 8 per slot once installed, else 0.
     pub(crate) fn heap_bytes(&self) -> usize {
-        std::mem::size_of_val(&*self.slots)
+        self.column().map_or(0, |_| arena::column_bytes())
+    }
+}
+
+impl Drop for Folding {
+    fn drop(&mut self) {
+        // Relaxed: `&mut self`: every access to the set, and so to its slots, happens-before.
+        let p = self.slots.load(Ordering::Relaxed);
+        if !p.is_null() {
+            arena::give_back(Column::from_ptr(p));
+        }
     }
 }
 
