@@ -146,3 +146,26 @@ fn slow_reader_across_two_grace_periods() {
         reader.join().unwrap();
     });
 }
+
+/// The second phase's first section: after one grace period flipped to phase 1 (folded and
+/// without slots until then, and unfolded by that flip), a reader's first section there installs
+/// phase 1's slots under the step lock, racing the second grace period, which folds it. A read
+/// that could see a value given back is a race on its poisoned cell.
+#[test]
+fn a_first_section_of_the_second_phase_races_its_fold() {
+    model(|| {
+        let cell = Arc::new(GraceCell::new(Cell::new(1u32)));
+        assert_eq!(cell.replace(Cell::new(2)).get(), 1);
+        let reader = {
+            let cell = Arc::clone(&cell);
+            thread::spawn(move || {
+                let v = cell.read().get();
+                assert!(v == 2 || v == 3, "read {v:#x}");
+            })
+        };
+        let old = cell.replace(Cell::new(3));
+        assert_eq!(old.get(), 2);
+        old.set(POISON);
+        reader.join().unwrap();
+    });
+}
