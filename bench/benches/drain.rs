@@ -10,6 +10,10 @@
 //! - `wake`: from the last guard's drop on another thread to `drain()` returning in a drainer
 //!   that was already asleep: the wake-up path.
 //! - `prepare_undo`: `prepare_drain()` + `undo()` with no guard.
+//! - `drain_threads/<n>`: `drain()` of an idle `PerCpuDrainable` (then `reopen`, not timed)
+//!   while `n` threads are alive, each owning a thread-local record (it took one per-CPU
+//!   guard): the drain's barrier and its scan of every record grow with the threads alive, not
+//!   with the drainables.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use drainable::{Counter, Drainable, DrainableWith, PerCpuDrainable};
@@ -139,5 +143,43 @@ fn drain_benches(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, drain_benches);
+/// `idle` for a per-CPU drainable while `threads` threads that each own a record stay alive.
+fn with_threads_alive(c: &mut Criterion) {
+    let mut g = c.benchmark_group("drain_threads");
+    g.warm_up_time(Duration::from_millis(500));
+    g.measurement_time(Duration::from_secs(2));
+    g.sample_size(20);
+    for threads in [1usize, 10, 100, 1000] {
+        let other = Arc::new(PerCpuDrainable::new(0u64));
+        let ready = Arc::new(Barrier::new(threads + 1));
+        let done = Arc::new(Barrier::new(threads + 1));
+        let alive: Vec<_> = (0..threads)
+            .map(|_| {
+                let (other, ready, done) =
+                    (Arc::clone(&other), Arc::clone(&ready), Arc::clone(&done));
+                thread::Builder::new()
+                    .stack_size(64 * 1024)
+                    .spawn(move || {
+                        // Claims this thread's record, which it keeps until it exits.
+                        drop(other.try_acquire());
+                        ready.wait();
+                        done.wait();
+                    })
+                    .expect("spawn a thread for drain_threads")
+            })
+            .collect();
+        ready.wait();
+        let d = PerCpuDrainable::new(0u64);
+        g.bench_function(BenchmarkId::from_parameter(threads), |b| {
+            b.iter_custom(|n| idle(&d, n))
+        });
+        done.wait();
+        for t in alive {
+            t.join().unwrap();
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, drain_benches, with_threads_alive);
 criterion_main!(benches);

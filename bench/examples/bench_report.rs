@@ -41,11 +41,25 @@ fn main() {
         .parent()
         .expect("bench/ is inside the repository")
         .to_owned();
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--memory-probe") {
+        memory_probe(args.get(i + 1).map_or("", |s| s.as_str()));
+        return;
+    }
     if run {
         let status = Command::new(env!("CARGO"))
             .args([
-                "bench", "--bench", "callback", "--bench", "drain", "--bench", "grace", "--bench",
+                "bench",
+                "--bench",
+                "callback",
+                "--bench",
+                "drain",
+                "--bench",
+                "grace",
+                "--bench",
                 "cpu_id",
+                "--bench",
+                "construct",
             ])
             .current_dir(&bench)
             .status()
@@ -78,7 +92,22 @@ fn main() {
         GRACE_NOTES,
     );
     latency_table(&mut md, &results, "cpu_id", "Slot selection", CPU_ID_NOTES);
+    latency_table(
+        &mut md,
+        &results,
+        "drain_threads",
+        "Drain latency against threads alive",
+        DRAIN_THREADS_NOTES,
+    );
+    latency_table(
+        &mut md,
+        &results,
+        "construct",
+        "Construction",
+        CONSTRUCT_NOTES,
+    );
     memory_table(&mut md);
+    scaled_memory_table(&mut md);
     let page = root.join("docs/benchmarks.md");
     std::fs::write(&page, md)
         .unwrap_or_else(|e| fail(&format!("could not write {}: {e}", page.display())));
@@ -192,6 +221,16 @@ once no reader can see the old value (`replace` hands it back). The baselines re
 that: `epoch_defer_flush` (swap + `defer_destroy` + `flush`) and `arc_swap_store` free the old \
 value later, when their readers let them. *busy_reader*: a reader loops on every other core.";
 
+const DRAIN_THREADS_NOTES: &str =
+    "`bench/benches/drain.rs`, group `drain_threads`. `drain()` of an idle \
+`PerCpuDrainable` while *n* threads are alive, each owning a thread-local record (it took one \
+per-CPU guard): the heavy barrier and the scan of every record grow with the threads alive.";
+
+const CONSTRUCT_NOTES: &str =
+    "`bench/benches/construct.rs`. One construction, its drop not timed; a registration takes \
+a slot never used before (its chunk's allocation amortised). The per-CPU types allocate \
+nothing here: their slots come from the per-CPU arena at first use.";
+
 const CPU_ID_NOTES: &str =
     "`bench/benches/cpu_id.rs`. How a per-CPU counter finds its slot: the CPU \
 number from glibc's rseq area (what `PerCpu` uses where available), `sched_getcpu` (a vDSO \
@@ -225,25 +264,173 @@ fn human(ns: f64) -> String {
     }
 }
 
+/// Counts the bytes allocated and not yet freed, for the memory probe.
+struct Counting;
+
+static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator, only counting.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller's contract, forwarded.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        LIVE.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller's contract, forwarded.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn live() -> usize {
+    LIVE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Instances per measurement: the arena's chunks and the registry's chunks amortise over them.
+const PROBE_INSTANCES: usize = 4096;
+
+/// Bytes per instance, as `(inline, total)`: `make` builds one, `touch` uses it as the case
+/// needs (a guard, a section), and the heap the batch holds afterwards, the arena's chunks
+/// included, is divided among them.
+fn per_instance<V>(inline: usize, make: impl Fn() -> V, touch: impl Fn(&V)) -> (usize, f64) {
+    let mut all = Vec::with_capacity(PROBE_INSTANCES);
+    let before = live();
+    for _ in 0..PROBE_INSTANCES {
+        all.push(make());
+    }
+    for v in &all {
+        touch(v);
+    }
+    let heap = (live() - before) as f64 / PROBE_INSTANCES as f64;
+    drop(all);
+    (inline, inline as f64 + heap)
+}
+
+/// Run in a child process per type (so that no type reuses columns of the arena another one
+/// gave back), with `DRAINABLE_SLOTS` (and perhaps `DRAINABLE_NO_MEMBARRIER`) set: prints
+/// `name inline total`, bytes per instance.
+fn memory_probe(which: &str) {
+    use drainable::PerCpu;
+    // The Vec's own buffer is allocated before `before` is read, so `total` is inline + heap.
+    if which == "per_cpu_drainable" {
+        let (i, t) = per_instance(
+            std::mem::size_of::<PerCpuDrainable<()>>(),
+            || PerCpuDrainable::new(()),
+            |d| drop(d.try_acquire()),
+        );
+        println!("per_cpu_drainable {i} {t}");
+    }
+    if which == "grace_domain" {
+        let (i, t) = per_instance(std::mem::size_of::<GraceDomain>(), GraceDomain::new, |d| {
+            // A section in each phase: both phases' slots.
+            drop(d.enter());
+            d.synchronize();
+            drop(d.enter());
+        });
+        println!("grace_domain {i} {t}");
+    }
+    if which == "grace_cell" {
+        let (i, t) = per_instance(
+            std::mem::size_of::<GraceCell<()>>(),
+            || GraceCell::new(()),
+            |c| {
+                drop(c.read());
+                c.replace(());
+                drop(c.read());
+            },
+        );
+        println!("grace_cell {i} {t}");
+    }
+    if which != "registry_entry" {
+        return;
+    }
+    // One registry, many entries: bytes per entry, its chunks included.
+    let reg: Registry<(), PerCpu> = Registry::with_counter();
+    let mut handles = Vec::with_capacity(PROBE_INSTANCES);
+    let before = live();
+    for _ in 0..PROBE_INSTANCES {
+        handles.push(reg.register(()));
+    }
+    reg.for_each(|_| {});
+    let per_entry = (live() - before) as f64 / PROBE_INSTANCES as f64;
+    println!("registry_entry 0 {per_entry}");
+    reg.unregister_all(handles);
+}
+
+/// The types the memory probe measures, one child process each.
+const PROBED: [&str; 4] = [
+    "per_cpu_drainable",
+    "registry_entry",
+    "grace_domain",
+    "grace_cell",
+];
+
+/// The probe's figures for one slot count: only thread-local guards, or (`no_membarrier`)
+/// every guard in the slots.
+fn probe(slots: usize, no_membarrier: bool) -> BTreeMap<String, (usize, f64)> {
+    let mut all = BTreeMap::new();
+    for which in PROBED {
+        let mut cmd = Command::new(std::env::current_exe().expect("the report's own path"));
+        cmd.args(["--memory-probe", which])
+            .env("DRAINABLE_SLOTS", slots.to_string());
+        if no_membarrier {
+            cmd.env("DRAINABLE_NO_MEMBARRIER", "1");
+        } else {
+            cmd.env_remove("DRAINABLE_NO_MEMBARRIER");
+        }
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| fail(&format!("could not run the memory probe: {e}")));
+        if !out.status.success() {
+            fail(&format!(
+                "the memory probe failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        all.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| {
+                    let mut w = l.split_whitespace();
+                    Some((
+                        w.next()?.to_owned(),
+                        (w.next()?.parse().ok()?, w.next()?.parse().ok()?),
+                    ))
+                }),
+        );
+    }
+    all
+}
+
 fn memory_table(md: &mut String) {
     let d = Drainable::new(());
     let p = PerCpuDrainable::new(());
     let g = GraceDomain::new();
     let c = GraceCell::new(());
     let reg: Registry<()> = Registry::new();
-    let slots = p.heap_bytes() / 128;
+    let slots = {
+        let p = std::sync::Arc::new(PerCpuDrainable::new(()));
+        drop(p.try_acquire_owned());
+        p.heap_bytes() / 8
+    };
     let _ = write!(
         md,
         "## Memory\n\n\
          Bytes per instance holding a `()` (add the value's size), measured by this run with\n\
-         `size_of_val` plus `heap_bytes()`. Per-CPU types allocate 128 bytes per slot; slots are\n\
-         the CPU count rounded up to a power of two, at most 64 (here: {slots}). Once per\n\
-         process, not per instance: `PerCpuDrainable` guards use a 128-byte record per thread\n\
-         alive at once (shared by every instance, reused when a thread exits).\n\n\
+         `size_of_val` plus `heap_bytes()`, on instances no guard has used: the per-CPU types\n\
+         take their slots (8 bytes each) from the per-CPU arena only when a guard needs them;\n\
+         slots are the CPU count rounded up to a power of two, at most 64 (here: {slots}). Once\n\
+         per process, not per instance: `PerCpuDrainable` guards use a 128-byte record per\n\
+         thread alive at once (shared by every instance, reused when a thread exits). The next\n\
+         table has the figures with the slots in use, and for larger machines.\n\n\
          | type | inline | heap | as a function of CPUs |\n|---|---:|---:|---|\n\
          | `Drainable<()>` | {} | {} | 4 bytes, always |\n\
-         | `PerCpuDrainable<()>` | {} | {} | inline + 128 × min(64, next_pow2(CPUs)) |\n\
-         | `GraceDomain` | {} | {} | inline + 2 × 128 × min(64, next_pow2(CPUs)) |\n\
+         | `PerCpuDrainable<()>` | {} | {} | inline; + 8 × min(64, next_pow2(CPUs)) once slots are used |\n\
+         | `GraceDomain` | {} | {} | inline; + 2 × 8 × min(64, next_pow2(CPUs)) once both phases are used |\n\
          | `GraceCell<()>` (own domain) | {} | {} | as `GraceDomain`, plus the boxed value |\n\
          | `Registry<()>` (empty) | {} | 0 | grows by chunks of slots; see `Registry` docs |\n\
          | `Arc<()>` (for comparison) | 8 | 16 | |\n\n",
@@ -257,6 +444,53 @@ fn memory_table(md: &mut String) {
         c.domain().heap_bytes(),
         std::mem::size_of_val(&reg),
     );
+}
+
+/// Bytes per instance at 2, 64 and 256 CPUs (`DRAINABLE_SLOTS`, read once per process, in a
+/// child process per figure), with only thread-local guards and with every guard in the slots
+/// (`DRAINABLE_NO_MEMBARRIER`).
+fn scaled_memory_table(md: &mut String) {
+    const CPUS: [usize; 3] = [2, 64, 256];
+    let local: Vec<_> = CPUS.iter().map(|&n| probe(n, false)).collect();
+    let slots: Vec<_> = CPUS.iter().map(|&n| probe(n, true)).collect();
+    let _ = write!(
+        md,
+        "## Memory at 2, 64 and 256 CPUs\n\n\
+         Bytes per instance holding a `()`, inline plus everything it holds on the heap, measured\n\
+         by this run with a counting allocator over {PROBE_INSTANCES} instances (so the per-CPU\n\
+         arena's chunks and the registry's chunks are included, amortised), in a child process\n\
+         per column with `DRAINABLE_SLOTS` set to the CPU count (slots: at most 64).\n\
+         *Thread-local*: each instance used by a borrowed guard where `membarrier` works (no\n\
+         slots); *slots*: with `DRAINABLE_NO_MEMBARRIER=1`, so the guard is counted in the slots\n\
+         (the worst case, as owned guards are). A `GraceDomain` always counts in its slots; it\n\
+         is measured after a section in each phase.\n\n\
+         | type | path | 2 CPUs | 64 CPUs | 256 CPUs |\n|---|---|---:|---:|---:|\n"
+    );
+    let rows = [
+        ("per_cpu_drainable", "`PerCpuDrainable<()>`"),
+        ("registry_entry", "`Registry<(), PerCpu>` entry"),
+        ("grace_domain", "`GraceDomain`"),
+        ("grace_cell", "`GraceCell<()>` (own domain)"),
+    ];
+    for (key, name) in rows {
+        for (path, table) in [("thread-local", &local), ("slots", &slots)] {
+            if key.starts_with("grace") && path == "thread-local" {
+                continue;
+            }
+            let mut row = format!("| {name} | {path} |");
+            for t in table.iter() {
+                match t.get(key) {
+                    Some((_, total)) => {
+                        let _ = write!(row, " {total:.0} |");
+                    }
+                    None => row.push_str(" - |"),
+                }
+            }
+            md.push_str(&row);
+            md.push('\n');
+        }
+    }
+    md.push('\n');
 }
 
 fn plot(path: &Path, r: &BTreeMap<String, f64>) {
