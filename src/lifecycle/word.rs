@@ -276,6 +276,12 @@ impl Word {
         self.0.load(order)
     }
 
+    /// Whether a waiter's `WAITING` flag is up (for the tests of cancelled waits).
+    #[cfg(test)]
+    pub(crate) fn is_waiting(&self) -> bool {
+        self.0.load(Ordering::Relaxed) & WAITING != 0
+    }
+
     /// The side table's key for the word.
     fn address(&self) -> usize {
         self as *const Word as usize
