@@ -74,7 +74,12 @@ unsafe extern "C" fn call(state: *const c_void, x: u64) -> u64 {
 /// # Safety
 ///
 /// As for `call`; `entered` is null or valid for atomic access for the whole call.
-unsafe extern "C" fn call_slow(state: *const c_void, x: u64, entered: *mut u32, micros: u64) -> u64 {
+unsafe extern "C" fn call_slow(
+    state: *const c_void,
+    x: u64,
+    entered: *mut u32,
+    micros: u64,
+) -> u64 {
     if !entered.is_null() {
         // SAFETY: non-null, valid and only accessed atomically (the caller's contract).
         // Release: pairs with the host's Acquire load that waits for it, so the host knows
