@@ -32,7 +32,9 @@
 //! - **Thread-local destructors.** A plugin whose code registers a thread-local destructor
 //!   (a `thread_local!` holding a `Vec`, say, or std's per-thread state behind printing) on a
 //!   host thread pins itself: glibc keeps the library mapped, whatever `dlclose` returns, until
-//!   every such thread has exited. The demo plugins' callbacks use no thread-locals; after
+//!   every such thread has exited (and then unmaps it at some later `dlclose`). The host cannot
+//!   run those destructors early; the plugin must not register them on threads it does not
+//!   own. The demo plugins' callbacks use no thread-locals; after
 //!   each unload the host checks that the library is really gone (`dlopen` with
 //!   `RTLD_NOLOAD` finds nothing and `/proc/self/maps` no longer lists it), which is how such
 //!   a plugin would be caught. `tests/plugin_host.rs` shows the effect on purpose.
