@@ -154,7 +154,7 @@ mod host {
             }
         };
         println!(
-            "building the demo plugins (cargo build --release -p drainable-demo-plugin-v1/v2/v3, target/plugins) ..."
+            "building the demo plugins v1, v2, v3 (cargo build --release, target/plugins) ..."
         );
         let t = Instant::now();
         let libs = match build_plugins() {
@@ -167,7 +167,10 @@ mod host {
         println!(
             "  built in {}: {}",
             fmt_duration(t.elapsed()),
-            libs[0].1.parent().unwrap().display()
+            libs.iter()
+                .map(|(_, lib)| lib.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         if opts.no_drain {
             no_drain::parent(&libs[0].1)
