@@ -164,13 +164,13 @@ mod host {
                 return ExitCode::FAILURE;
             }
         };
+        let dir = libs[0]
+            .1
+            .parent()
+            .map_or("?".into(), |d| d.display().to_string());
         println!(
-            "  built in {}: {}",
-            fmt_duration(t.elapsed()),
-            libs.iter()
-                .map(|(_, lib)| lib.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            "  built in {}: {dir}/libdrainable_demo_plugin_v{{1,2,3}}.so",
+            fmt_duration(t.elapsed())
         );
         if opts.no_drain {
             no_drain::parent(&libs[0].1)
