@@ -10,11 +10,13 @@
 
 use crate::counter::sealed::CounterImpl;
 use crate::counter::{Close, Counter, Outstanding, PerCpu, Shared};
+use crate::epilogue;
 use crate::lifecycle::{self, Hold, Open, Phase, Refused, Word, track};
-use crate::platform::{Ordering, Pending, Task, TaskWaiter};
+use crate::platform::{self, Ordering, Pending, Task, TaskWaiter};
 use std::error::Error;
 use std::fmt;
 use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
 use std::ops::Deref;
 use std::ptr::{self, NonNull};
 use std::sync::Arc;
@@ -263,6 +265,67 @@ impl<T, C: Counter> DrainableWith<T, C> {
     pub fn into_inner(self) -> T {
         self.value
     }
+
+    /// Drains, then takes the value out of the `Arc`: the way to free a drainable shared by
+    /// `Arc` and get its `T` back. Unlike "`drain()`, then `Arc::try_unwrap`", it does not
+    /// fail because an [`OwnedGuard`] dropped on another thread has released (letting the
+    /// drain return) but not yet dropped its `Arc` clone: it waits for such guards.
+    ///
+    /// Blocking: the drain (see [`drain`](Self::drain)), then a spin, yielding past a few
+    /// rounds, while owned guards are between their release and their `Arc` drop (a few
+    /// instructions, unless their thread is preempted there). It waits for nothing else.
+    ///
+    /// # Errors
+    ///
+    /// Gives the `Arc` back, drained, if another strong reference is held that is not an
+    /// owned guard's: another `Arc` clone (including one that a thread keeps after dropping
+    /// a [`Guard`] it borrowed from it). `Weak` references do not stop it (as with
+    /// `Arc::try_unwrap`); they fail to upgrade afterwards.
+    ///
+    /// # Panics
+    ///
+    /// As [`drain`](Self::drain).
+    ///
+    /// ```
+    /// use drainable::Drainable;
+    /// use std::sync::Arc;
+    /// use std::thread;
+    ///
+    /// let d = Arc::new(Drainable::new(vec![1, 2, 3]));
+    /// let guards: Vec<_> = (0..4).map(|_| d.try_acquire_owned().unwrap()).collect();
+    /// let t = thread::spawn(move || drop(guards)); // released (and their Arcs dropped) there
+    /// let data = d.drain_and_take().unwrap(); // never fails for the guards' sake
+    /// assert_eq!(data, [1, 2, 3]);
+    /// t.join().unwrap();
+    ///
+    /// let d = Arc::new(Drainable::new(()));
+    /// let other = Arc::clone(&d); // a genuine other owner
+    /// let d = d.drain_and_take().unwrap_err();
+    /// assert!(d.is_drained());
+    /// # drop(other);
+    /// ```
+    pub fn drain_and_take(self: Arc<Self>) -> Result<T, Arc<Self>> {
+        self.drain();
+        let addr = Arc::as_ptr(&self).cast::<()>().addr();
+        let mut this = self;
+        let mut round = 0u32;
+        loop {
+            // Read before the unwrap: a zero here means every owned guard whose release the
+            // drain saw has dropped its `Arc`, visibly to the unwrap (`epilogue.rs`).
+            let quiet = epilogue::quiet(addr);
+            match Arc::try_unwrap(this) {
+                Ok(drainable) => return Ok(drainable.into_inner()),
+                Err(arc) if quiet => return Err(arc),
+                Err(arc) => this = arc,
+            }
+            if round < platform::SPIN_LIMIT {
+                platform::spin_hint();
+            } else {
+                platform::yield_thread();
+            }
+            round = round.saturating_add(1);
+        }
+    }
 }
 
 impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
@@ -335,7 +398,7 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
     pub fn try_acquire_owned(self: &Arc<Self>) -> Option<OwnedGuard<T, C>> {
         match self.counter.try_acquire_owned(&self.state) {
             Ok(ticket) => Some(OwnedGuard {
-                drainable: Arc::clone(self),
+                drainable: ManuallyDrop::new(Arc::clone(self)),
                 ticket,
             }),
             Err(Refused::Closed) => None,
@@ -694,6 +757,10 @@ impl<T: ?Sized + fmt::Debug, C: Counter> fmt::Debug for Guard<'_, T, C> {
 ///
 /// Not tracked by the debug-build deadlock detector (it can move between threads unseen).
 ///
+/// Dropping one also marks it, in a process-wide table, from before its release until after
+/// its `Arc` is dropped (two atomic adds), which is what lets
+/// [`drain_and_take`](DrainableWith::drain_and_take) tell its `Arc` clone from another owner's.
+///
 /// ```
 /// use drainable::Drainable;
 /// use std::sync::Arc;
@@ -708,7 +775,8 @@ impl<T: ?Sized + fmt::Debug, C: Counter> fmt::Debug for Guard<'_, T, C> {
 /// ```
 #[must_use = "a guard that is not kept is released at once"]
 pub struct OwnedGuard<T: ?Sized, C: Counter = Shared> {
-    drainable: Arc<DrainableWith<T, C>>,
+    /// Dropped by hand in `Drop`, after the release and before the epilogue is left.
+    drainable: ManuallyDrop<Arc<DrainableWith<T, C>>>,
     ticket: C::Ticket,
 }
 
@@ -742,11 +810,19 @@ impl<T: ?Sized, C: Counter> Drop for OwnedGuard<T, C> {
     #[inline]
     fn drop(&mut self) {
         let ptr = Arc::as_ptr(&self.drainable);
+        // Marked before the release, left after the `Arc` drop: a `drain_and_take` that the
+        // release lets through waits for this guard's strong reference to go (`epilogue.rs`).
+        let epilogue = epilogue::enter(ptr.cast::<()>().addr());
         // SAFETY: the `Arc` keeps the drainable alive until after the release.
         let (word, counter) =
             unsafe { (ptr::addr_of!((*ptr).state), ptr::addr_of!((*ptr).counter)) };
         // SAFETY: this guard owns the count named by its ticket, given back exactly once, here.
         unsafe { C::release(counter, word, self.ticket) };
+        // SAFETY: taken once, here, and the field is never used again (this is its drop).
+        drop(unsafe { ManuallyDrop::take(&mut self.drainable) });
+        // Touches only the process-wide table, never the drainable (which the `Arc` drop
+        // above may have freed).
+        epilogue.leave();
     }
 }
 

@@ -254,9 +254,9 @@
 //! - **`Arc::try_unwrap` right after a drain may fail for an instant.** An [`OwnedGuard`]
 //!   gives its count back (which lets `drain` return) and only then drops its `Arc` clone,
 //!   so `drain(); Arc::try_unwrap(d)` can still see that clone. The drain itself is exact:
-//!   dropping your `Arc` is always safe. To get the `T` back, first make sure the threads
-//!   that held owned guards have dropped them (join them, or retry); a dedicated method that
-//!   drains an `Arc` and takes its value is being added.
+//!   dropping your `Arc` is always safe. To get the `T` back, use
+//!   [`drain_and_take`](Drainable::drain_and_take), which waits for those clones and fails
+//!   only if another owner really holds the `Arc`:
 //!
 //!   ```
 //!   use drainable::Drainable;
@@ -265,9 +265,8 @@
 //!   let d = Arc::new(Drainable::new(String::from("data")));
 //!   let g = d.try_acquire_owned().unwrap();
 //!   let worker = std::thread::spawn(move || g.len());
-//!   d.drain();
-//!   assert_eq!(worker.join().unwrap(), 4); // the guard and its clone are gone now
-//!   assert_eq!(Arc::try_unwrap(d).ok().unwrap().into_inner(), "data");
+//!   assert_eq!(d.drain_and_take().ok().unwrap(), "data");
+//!   assert_eq!(worker.join().unwrap(), 4);
 //!   ```
 //! - **Leaks.** A guard passed to [`mem::forget`](std::mem::forget) is never released, so
 //!   `drain` waits forever; [`drain_timeout`](Drainable::drain_timeout) and
@@ -299,6 +298,7 @@ mod counter;
 #[doc(hidden)]
 pub mod cpu;
 mod drainable;
+mod epilogue;
 mod grace;
 mod lifecycle;
 /// The platform facade's cell, exposed only for the model tests in `loom-tests/`, whose canary

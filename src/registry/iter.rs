@@ -60,7 +60,9 @@ impl<T, C: Counter> EntryGuard<'_, T, C> {
     }
 }
 
-// SAFETY: sharing a `&EntryGuard` only gives out `&T`, fine across threads when `T: Sync`.
+// SAFETY: sharing a `&EntryGuard` only gives out `&T`, fine across threads when `T: Sync`,
+// and its `id`, which reads an atomic of the registry and, under the guard, the slot's
+// generation (a `u64` nobody writes while the guard lives). The `&Registry` is never handed out.
 unsafe impl<T: Sync, C: Counter> Sync for EntryGuard<'_, T, C> {}
 
 impl<T, C: Counter> Deref for EntryGuard<'_, T, C> {

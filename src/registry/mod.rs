@@ -18,7 +18,8 @@
 //!   `Release` pairs with the `Acquire` of every later acquisition: a caller that gets in sees
 //!   the value.
 //! - Callers ([`Registry::for_each`], [`Registry::iter`]) take a guard on each slot and read the
-//!   value under it.
+//!   value under it; [`Registry::get`] takes a guard on one slot and reads the slot's
+//!   generation under it too (`id.rs`), to check that the occupant is the one its id names.
 //! - `unregister` drains the slot (closed to new callers, then waits out the in-flight ones;
 //!   every read under a guard happens-before the drain returns), takes the value out (the slot
 //!   is drained, so this is again exclusive), and puts the slot on the free list.
@@ -456,7 +457,10 @@ impl<T, C: Counter> Registry<T, C> {
         // after writing its generation; the generation cannot change while the guard lives
         // (only a registration into a drained slot writes it). So a stale id compares
         // against the current occupant's generation, never a half-written one.
-        (generation(&guard) == id.generation).then_some(EntryGuard {
+        if generation(&guard) != id.generation {
+            return None; // another occupant: dropping the guard releases it
+        }
+        Some(EntryGuard {
             guard,
             registry: self,
             index: id.index,
