@@ -85,7 +85,7 @@ async fn holder<C: Counter>(d: D<C>, s: Arc<Stats>, mut seed: u64) {
                 check(&g, &s);
                 // Mostly short holds, now and then a long one.
                 let n = next(&mut seed);
-                let holds = if n % 8 == 0 { 64 } else { n % 8 };
+                let holds = if n.is_multiple_of(8) { 64 } else { n % 8 };
                 for _ in 0..holds {
                     yield_now().await;
                     check(&g, &s);
@@ -249,7 +249,7 @@ fn cancellation_churn<C: Counter>() {
                     yield_now().await;
                 }
                 let limit = Duration::from_micros(next(&mut seed) % 101);
-                let drained = if next(&mut seed) % 2 == 0 {
+                let drained = if next(&mut seed).is_multiple_of(2) {
                     tokio::time::timeout(limit, run.d.drain_async())
                         .await
                         .is_ok()
