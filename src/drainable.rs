@@ -10,11 +10,13 @@
 
 use crate::counter::sealed::CounterImpl;
 use crate::counter::{Close, Counter, Outstanding, PerCpu, Shared};
+use crate::epilogue;
 use crate::lifecycle::{self, Hold, Open, Phase, Refused, Word, track};
-use crate::platform::{Ordering, Pending, Task, TaskWaiter};
+use crate::platform::{self, Ordering, Pending, Task, TaskWaiter};
 use std::error::Error;
 use std::fmt;
 use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
 use std::ops::Deref;
 use std::ptr::{self, NonNull};
 use std::sync::Arc;
@@ -171,6 +173,11 @@ pub struct DrainTimeoutError {
 }
 
 impl DrainTimeoutError {
+    /// The error for `outstanding` guards at the deadline (the registry builds its own).
+    pub(crate) fn new(outstanding: usize) -> Self {
+        DrainTimeoutError { outstanding }
+    }
+
     /// How many guards were still outstanding when the deadline passed.
     ///
     /// ```
@@ -258,6 +265,67 @@ impl<T, C: Counter> DrainableWith<T, C> {
     pub fn into_inner(self) -> T {
         self.value
     }
+
+    /// Drains, then takes the value out of the `Arc`: the way to free a drainable shared by
+    /// `Arc` and get its `T` back. Unlike "`drain()`, then `Arc::try_unwrap`", it does not
+    /// fail because an [`OwnedGuard`] dropped on another thread has released (letting the
+    /// drain return) but not yet dropped its `Arc` clone: it waits for such guards.
+    ///
+    /// Blocking: the drain (see [`drain`](Self::drain)), then a spin, yielding past a few
+    /// rounds, while owned guards are between their release and their `Arc` drop (a few
+    /// instructions, unless their thread is preempted there). It waits for nothing else.
+    ///
+    /// # Errors
+    ///
+    /// Gives the `Arc` back, drained, if another strong reference is held that is not an
+    /// owned guard's: another `Arc` clone (including one that a thread keeps after dropping
+    /// a [`Guard`] it borrowed from it). `Weak` references do not stop it (as with
+    /// `Arc::try_unwrap`); they fail to upgrade afterwards.
+    ///
+    /// # Panics
+    ///
+    /// As [`drain`](Self::drain).
+    ///
+    /// ```
+    /// use drainable::Drainable;
+    /// use std::sync::Arc;
+    /// use std::thread;
+    ///
+    /// let d = Arc::new(Drainable::new(vec![1, 2, 3]));
+    /// let guards: Vec<_> = (0..4).map(|_| d.try_acquire_owned().unwrap()).collect();
+    /// let t = thread::spawn(move || drop(guards)); // released (and their Arcs dropped) there
+    /// let data = d.drain_and_take().unwrap(); // never fails for the guards' sake
+    /// assert_eq!(data, [1, 2, 3]);
+    /// t.join().unwrap();
+    ///
+    /// let d = Arc::new(Drainable::new(()));
+    /// let other = Arc::clone(&d); // a genuine other owner
+    /// let d = d.drain_and_take().unwrap_err();
+    /// assert!(d.is_drained());
+    /// # drop(other);
+    /// ```
+    pub fn drain_and_take(self: Arc<Self>) -> Result<T, Arc<Self>> {
+        self.drain();
+        let addr = Arc::as_ptr(&self).cast::<()>().addr();
+        let mut this = self;
+        let mut round = 0u32;
+        loop {
+            // Read before the unwrap: a zero here means every owned guard whose release the
+            // drain saw has dropped its `Arc`, visibly to the unwrap (`epilogue.rs`).
+            let quiet = epilogue::quiet(addr);
+            match Arc::try_unwrap(this) {
+                Ok(drainable) => return Ok(drainable.into_inner()),
+                Err(arc) if quiet => return Err(arc),
+                Err(arc) => this = arc,
+            }
+            if round < platform::SPIN_LIMIT {
+                platform::spin_hint();
+            } else {
+                platform::yield_thread();
+            }
+            round = round.saturating_add(1);
+        }
+    }
 }
 
 impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
@@ -330,7 +398,7 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
     pub fn try_acquire_owned(self: &Arc<Self>) -> Option<OwnedGuard<T, C>> {
         match self.counter.try_acquire_owned(&self.state) {
             Ok(ticket) => Some(OwnedGuard {
-                drainable: Arc::clone(self),
+                drainable: ManuallyDrop::new(Arc::clone(self)),
                 ticket,
             }),
             Err(Refused::Closed) => None,
@@ -689,6 +757,10 @@ impl<T: ?Sized + fmt::Debug, C: Counter> fmt::Debug for Guard<'_, T, C> {
 ///
 /// Not tracked by the debug-build deadlock detector (it can move between threads unseen).
 ///
+/// Dropping one also marks it, in a process-wide table, from before its release until after
+/// its `Arc` is dropped (two atomic adds), which is what lets
+/// [`drain_and_take`](DrainableWith::drain_and_take) tell its `Arc` clone from another owner's.
+///
 /// ```
 /// use drainable::Drainable;
 /// use std::sync::Arc;
@@ -703,7 +775,8 @@ impl<T: ?Sized + fmt::Debug, C: Counter> fmt::Debug for Guard<'_, T, C> {
 /// ```
 #[must_use = "a guard that is not kept is released at once"]
 pub struct OwnedGuard<T: ?Sized, C: Counter = Shared> {
-    drainable: Arc<DrainableWith<T, C>>,
+    /// Dropped by hand in `Drop`, after the release and before the epilogue is left.
+    drainable: ManuallyDrop<Arc<DrainableWith<T, C>>>,
     ticket: C::Ticket,
 }
 
@@ -737,11 +810,19 @@ impl<T: ?Sized, C: Counter> Drop for OwnedGuard<T, C> {
     #[inline]
     fn drop(&mut self) {
         let ptr = Arc::as_ptr(&self.drainable);
+        // Marked before the release, left after the `Arc` drop: a `drain_and_take` that the
+        // release lets through waits for this guard's strong reference to go (`epilogue.rs`).
+        let epilogue = epilogue::enter(ptr.cast::<()>().addr());
         // SAFETY: the `Arc` keeps the drainable alive until after the release.
         let (word, counter) =
             unsafe { (ptr::addr_of!((*ptr).state), ptr::addr_of!((*ptr).counter)) };
         // SAFETY: this guard owns the count named by its ticket, given back exactly once, here.
         unsafe { C::release(counter, word, self.ticket) };
+        // SAFETY: taken once, here, and the field is never used again (this is its drop).
+        drop(unsafe { ManuallyDrop::take(&mut self.drainable) });
+        // Touches only the process-wide table, never the drainable (which the `Arc` drop
+        // above may have freed).
+        epilogue.leave();
     }
 }
 
@@ -808,9 +889,11 @@ impl<'a, T: ?Sized, C: Counter> PendingDrain<'a, T, C> {
     ///
     /// # Errors
     ///
-    /// On timeout, gives the `PendingDrain` back: the drainable stays closed, and the caller
-    /// may wait again, [`undo`](Self::undo), or ask how many guards are
-    /// [`outstanding`](Self::outstanding).
+    /// On timeout, a [`CommitTimeoutError`], which still holds the close: the drainable stays
+    /// closed while it lives. [`into_pending`](CommitTimeoutError::into_pending) gives the
+    /// `PendingDrain` back to wait again or [`undo`](Self::undo); `?` into a
+    /// `Box<dyn Error>` drops it, which undoes the close ("unload or fail"), and leaves a
+    /// [`DrainTimeoutError`] with the count of guards outstanding at the deadline.
     ///
     /// ```
     /// use drainable::Drainable;
@@ -818,20 +901,45 @@ impl<'a, T: ?Sized, C: Counter> PendingDrain<'a, T, C> {
     ///
     /// let d = Drainable::new(());
     /// let g = d.try_acquire().unwrap();
-    /// let pending = d.prepare_drain().commit_timeout(Duration::ZERO).unwrap_err();
-    /// assert_eq!(pending.outstanding(), 1);
+    /// let err = d.prepare_drain().commit_timeout(Duration::ZERO).unwrap_err();
+    /// assert_eq!(err.outstanding(), 1);
+    /// assert!(!d.is_open()); // still closed: the error holds the close
     /// drop(g);
-    /// pending.commit_timeout(Duration::from_secs(10)).unwrap();
+    /// err.into_pending().commit_timeout(Duration::from_secs(10)).unwrap();
     /// assert!(d.is_drained());
     /// ```
-    pub fn commit_timeout(self, timeout: Duration) -> Result<(), PendingDrain<'a, T, C>> {
+    ///
+    /// With `?`, a timeout undoes the close and becomes a `'static` error:
+    ///
+    /// ```
+    /// use drainable::{DrainTimeoutError, Drainable};
+    /// use std::error::Error;
+    /// use std::time::Duration;
+    ///
+    /// fn unload(d: &Drainable<()>) -> Result<(), Box<dyn Error + Send + Sync>> {
+    ///     d.prepare_drain().commit_timeout(Duration::from_millis(1))?;
+    ///     Ok(())
+    /// }
+    ///
+    /// let d = Drainable::new(());
+    /// let g = d.try_acquire().unwrap();
+    /// let err = unload(&d).unwrap_err();
+    /// assert_eq!(err.downcast_ref::<DrainTimeoutError>().unwrap().outstanding(), 1);
+    /// assert!(d.is_open()); // undone: "unload or fail"
+    /// drop(g);
+    /// assert!(unload(&d).is_ok());
+    /// ```
+    pub fn commit_timeout(self, timeout: Duration) -> Result<(), CommitTimeoutError<'a, T, C>> {
         let deadline = Instant::now().checked_add(timeout);
         match self.drainable.wait(Hold::Pending, self.close, deadline) {
             Ok(()) => {
                 std::mem::forget(self);
                 Ok(())
             }
-            Err(_) => Err(self),
+            Err(Outstanding(outstanding)) => Err(CommitTimeoutError {
+                pending: self,
+                outstanding,
+            }),
         }
     }
 
@@ -927,6 +1035,159 @@ impl<T: ?Sized, C: Counter> fmt::Debug for PendingDrain<'_, T, C> {
     }
 }
 
+/// The error of [`PendingDrain::commit_timeout`]: the deadline passed with guards still
+/// outstanding. It holds the [`PendingDrain`], so the drainable stays closed while it lives.
+///
+/// Two ways out:
+///
+/// - [`into_pending`](Self::into_pending): the close back, to wait again, commit or undo.
+/// - `?` (or `.into()`) into a `Box<dyn Error + Send + Sync>` or a `Box<dyn Error>`: the
+///   conversion drops the `PendingDrain`, which **undoes** the close ("unload or fail"; the
+///   drainable reopens unless someone else holds it closed), and boxes a [`DrainTimeoutError`]
+///   with the count of guards outstanding at the deadline, `'static` and free of the borrow.
+///
+/// It is not an [`Error`] itself (it borrows the drainable and owns a close); that is what lets
+/// it convert into a boxed error with the undo above rather than through `std`'s blanket
+/// conversion.
+///
+/// ```
+/// use drainable::Drainable;
+/// use std::error::Error;
+/// use std::time::Duration;
+///
+/// let d = Drainable::new(());
+/// let g = d.try_acquire().unwrap();
+/// let err = d.prepare_drain().commit_timeout(Duration::ZERO).unwrap_err();
+/// assert_eq!(err.to_string(), "commit of a drain timed out with 1 guard(s) still outstanding");
+/// let boxed: Box<dyn Error> = err.into(); // undoes the close
+/// assert!(d.is_open());
+/// assert_eq!(boxed.to_string(), "drain timed out with 1 guard(s) still outstanding");
+/// # drop(g);
+/// ```
+#[must_use = "dropping a CommitTimeoutError undoes its close at once"]
+pub struct CommitTimeoutError<'a, T: ?Sized, C: Counter = Shared> {
+    pending: PendingDrain<'a, T, C>,
+    outstanding: usize,
+}
+
+impl<'a, T: ?Sized, C: Counter> CommitTimeoutError<'a, T, C> {
+    /// How many guards were still outstanding at the deadline (a
+    /// [`PendingDrain::outstanding`] now may differ).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let d = drainable::Drainable::new(());
+    /// let gs = [d.try_acquire(), d.try_acquire()];
+    /// let err = d.prepare_drain().commit_timeout(Duration::ZERO).unwrap_err();
+    /// assert_eq!(err.outstanding(), 2);
+    /// # drop((gs, err));
+    /// ```
+    pub fn outstanding(&self) -> usize {
+        self.outstanding
+    }
+
+    /// The pending close, still closed, to wait again ([`PendingDrain::commit_timeout`],
+    /// [`PendingDrain::commit`]) or [`undo`](PendingDrain::undo).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let d = drainable::Drainable::new(());
+    /// let g = d.try_acquire();
+    /// let err = d.prepare_drain().commit_timeout(Duration::ZERO).unwrap_err();
+    /// let pending = err.into_pending();
+    /// assert!(!d.is_open());
+    /// assert!(pending.undo());
+    /// # drop(g);
+    /// ```
+    pub fn into_pending(self) -> PendingDrain<'a, T, C> {
+        self.pending
+    }
+
+    /// The `'static` error this becomes: drops (undoes) the close and keeps the count.
+    fn undo_into_error(self) -> DrainTimeoutError {
+        let outstanding = self.outstanding;
+        drop(self.pending); // undoes the close
+        DrainTimeoutError { outstanding }
+    }
+}
+
+impl<T: ?Sized, C: Counter> fmt::Debug for CommitTimeoutError<'_, T, C> {
+    /// Shows the guards outstanding at the deadline.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let d = drainable::Drainable::new(());
+    /// let g = d.try_acquire();
+    /// let err = d.prepare_drain().commit_timeout(Duration::ZERO).unwrap_err();
+    /// assert_eq!(format!("{err:?}"), "CommitTimeoutError { outstanding: 1 }");
+    /// # drop((g, err));
+    /// ```
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CommitTimeoutError")
+            .field("outstanding", &self.outstanding)
+            .finish()
+    }
+}
+
+impl<T: ?Sized, C: Counter> fmt::Display for CommitTimeoutError<'_, T, C> {
+    /// Says what timed out and how many guards were outstanding.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let d = drainable::Drainable::new(());
+    /// let g = d.try_acquire();
+    /// let err = d.prepare_drain().commit_timeout(Duration::ZERO).unwrap_err();
+    /// assert!(err.to_string().contains("1 guard(s)"));
+    /// # drop((g, err));
+    /// ```
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "commit of a drain timed out with {} guard(s) still outstanding",
+            self.outstanding
+        )
+    }
+}
+
+impl<T: ?Sized, C: Counter> From<CommitTimeoutError<'_, T, C>>
+    for Box<dyn Error + Send + Sync + 'static>
+{
+    /// Undoes the close and boxes a [`DrainTimeoutError`]: what `?` does.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let d = drainable::Drainable::new(());
+    /// let g = d.try_acquire();
+    /// let err = d.prepare_drain().commit_timeout(Duration::ZERO).unwrap_err();
+    /// let boxed: Box<dyn std::error::Error + Send + Sync> = err.into();
+    /// assert!(boxed.is::<drainable::DrainTimeoutError>());
+    /// assert!(d.is_open());
+    /// # drop(g);
+    /// ```
+    fn from(error: CommitTimeoutError<'_, T, C>) -> Self {
+        Box::new(error.undo_into_error())
+    }
+}
+
+impl<T: ?Sized, C: Counter> From<CommitTimeoutError<'_, T, C>> for Box<dyn Error + 'static> {
+    /// Undoes the close and boxes a [`DrainTimeoutError`]: what `?` does.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// fn unload(d: &drainable::Drainable<()>) -> Result<(), Box<dyn std::error::Error>> {
+    ///     Ok(d.prepare_drain().commit_timeout(Duration::ZERO)?)
+    /// }
+    /// let d = drainable::Drainable::new(());
+    /// let g = d.try_acquire();
+    /// assert!(unload(&d).unwrap_err().is::<drainable::DrainTimeoutError>());
+    /// assert!(d.is_open());
+    /// # drop(g);
+    /// ```
+    fn from(error: CommitTimeoutError<'_, T, C>) -> Self {
+        Box::new(error.undo_into_error())
+    }
+}
+
 /// Access for crate code that keeps a protocol of its own on top of the drainable, so that it
 /// needs no `pub(crate)` field.
 impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
@@ -936,5 +1197,32 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
     #[inline]
     pub(crate) fn value_unguarded(&self) -> &T {
         &self.value
+    }
+
+    /// Takes a count that may be given back on any thread, as an [`OwnedGuard`]'s, for a
+    /// guard type of the crate that keeps the drainable alive by other means (the registry's
+    /// owned entry guard holds an `Arc` of its registry). `None` once closed.
+    #[inline]
+    pub(crate) fn try_acquire_ticket(&self) -> Option<C::Ticket> {
+        match self.counter.try_acquire_owned(&self.state) {
+            Ok(ticket) => Some(ticket),
+            Err(Refused::Closed) => None,
+            Err(Refused::Overflow) => overflow(),
+        }
+    }
+
+    /// Gives back a count from [`try_acquire_ticket`](Self::try_acquire_ticket).
+    ///
+    /// # Safety
+    /// `this` is live, and the caller owns the count `ticket`, given back once, here. After
+    /// the call the drainable may be drained (and its value taken) at once.
+    #[inline]
+    pub(crate) unsafe fn release_ticket(this: *const Self, ticket: C::Ticket) {
+        // SAFETY: the caller keeps `this` live; `addr_of!` reaches the fields without a
+        // reference across the release.
+        let (word, counter) =
+            unsafe { (ptr::addr_of!((*this).state), ptr::addr_of!((*this).counter)) };
+        // SAFETY: forwarded: the caller owns the count.
+        unsafe { C::release(counter, word, ticket) };
     }
 }

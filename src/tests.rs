@@ -288,7 +288,8 @@ macro_rules! contract_tests {
                 let p = d
                     .prepare_drain()
                     .commit_timeout(Duration::ZERO)
-                    .unwrap_err();
+                    .unwrap_err()
+                    .into_pending();
                 assert!(p.undo());
                 drop(held);
                 let before = crate::platform::wakes::made();

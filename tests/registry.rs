@@ -224,7 +224,8 @@ fn stress<C: Counter>(registry: Registry<Module, C>) {
                         tally.unloads += 1;
                         tally.timeouts_succeeded += 1;
                     }
-                    Err(pending) => {
+                    Err(error) => {
+                        let pending = error.into_pending();
                         tally.timeouts_failed += 1;
                         assert!(!reaches(&registry, &flag), "closed while pending");
                         if rng.below(2) == 0 {
@@ -368,4 +369,95 @@ fn static_registry() {
     assert_eq!(sums, [15, 15]);
     HOOKS.unregister_all([double, square]);
     assert!(HOOKS.is_empty());
+}
+
+/// `?` on a `PendingRemoval::commit_timeout` undoes the removal (the entry is live again) and
+/// loses nothing: the boxed error is an `UnregisterTimeoutError` holding the registration.
+#[test]
+fn removal_timeout_question_mark_keeps_the_registration() {
+    use drainable::UnregisterTimeoutError;
+    use std::error::Error;
+
+    fn unload(
+        r: &Registry<u32>,
+        h: Registration<u32>,
+    ) -> Result<u32, Box<dyn Error + Send + Sync>> {
+        Ok(r.prepare_unregister(h).commit_timeout(Duration::ZERO)?)
+    }
+    let r = Registry::new();
+    let h = r.register(41);
+    let call = r.iter().next().unwrap();
+    let err = unload(&r, h).unwrap_err();
+    assert_eq!(r.iter().count(), 1, "undone: the entry is reachable again");
+    assert_eq!(r.len(), 1);
+    let err = err.downcast::<UnregisterTimeoutError<u32>>().unwrap();
+    assert_eq!(err.outstanding(), 1);
+    drop(call);
+    assert_eq!(unload(&r, err.into_registration()).unwrap(), 41);
+    assert!(r.is_empty());
+}
+
+/// Lookups by id race a remover that keeps reusing one slot (LIFO): every id names a different
+/// occupant of slot 0, and a lookup must find either the occupant its id names or nothing,
+/// never a later one. With the generation check taken out of `Registry::get`, a stale id
+/// finds the next occupant (whose value differs) and this test fails within its first rounds.
+fn ids_never_find_a_later_occupant<C: Counter>() {
+    use std::sync::Mutex;
+    let rounds = n(1_000, 40);
+    let r: Registry<(usize, Box<u64>), C> = Registry::with_counter();
+    let seen: Mutex<Vec<(drainable::EntryId, usize)>> = Mutex::new(Vec::new());
+    let done = AtomicBool::new(false);
+    let missed = AtomicUsize::new(0);
+    thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                let mut k = 0usize;
+                while !done.load(Relaxed) {
+                    let pick = {
+                        let seen = seen.lock().unwrap();
+                        (!seen.is_empty()).then(|| seen[k % seen.len()])
+                    };
+                    k = k.wrapping_add(7);
+                    let Some((id, value)) = pick else { continue };
+                    match r.get(id) {
+                        Some(g) => {
+                            assert_eq!(g.0, value, "a stale id found another occupant");
+                            assert_eq!(*g.1, ALIVE, "a removed value was read");
+                            assert_eq!(g.id(), id);
+                        }
+                        None => {
+                            missed.fetch_add(1, Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+        for i in 0..rounds {
+            let h = r.register((i, Box::new(ALIVE)));
+            assert_eq!(h.id(), r.get(h.id()).unwrap().id());
+            seen.lock().unwrap().push((h.id(), i));
+            if i % 2 == 0 {
+                thread::yield_now(); // let lookups find the live one too
+            }
+            let (v, mut canary) = r.unregister(h);
+            assert_eq!(v, i);
+            *canary = POISON;
+        }
+        done.store(true, Relaxed);
+    });
+    // Both outcomes happened, so the race was exercised (natively; Miri runs few rounds).
+    if !cfg!(miri) {
+        assert!(missed.load(Relaxed) > 0, "no stale lookup was tried");
+    }
+    assert_eq!(r.len(), 0);
+}
+
+#[test]
+fn ids_never_find_a_later_occupant_shared() {
+    ids_never_find_a_later_occupant::<Shared>();
+}
+
+#[test]
+fn ids_never_find_a_later_occupant_per_cpu() {
+    ids_never_find_a_later_occupant::<PerCpu>();
 }

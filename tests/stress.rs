@@ -328,7 +328,7 @@ fn canary_prepare_commit_undo() {
                     if let Err(p) = p.commit_timeout(Duration::ZERO) {
                         assert!(!d.is_open(), "a timed-out commit_timeout reopened");
                         assert!(!d.is_drained());
-                        p.commit();
+                        p.into_pending().commit();
                     }
                     free_and_reopen(d, slot, st, must);
                 }

@@ -714,6 +714,7 @@ fn owner<C: Counter>(w: &Worker<'_>, sh: &DrainShared<'_, C>, k: usize, canary: 
             2 => match d.prepare_drain().commit_timeout(rng.tiny()) {
                 Ok(()) => true,
                 Err(p) => {
+                    let p = p.into_pending();
                     ev.timeouts.fetch_add(1, Relaxed);
                     if d.is_open() {
                         w.violation("open while a timed-out PendingDrain is live");
@@ -824,12 +825,12 @@ fn helper<C: Counter>(w: &Worker<'_>, sh: &DrainShared<'_, C>, id: usize) {
                 Err(p) => {
                     ev.timeouts.fetch_add(1, Relaxed);
                     // Once more, then give up.
-                    match p.commit_timeout(rng.tiny()) {
+                    match p.into_pending().commit_timeout(rng.tiny()) {
                         Ok(()) => {
                             ev.helper_drains.fetch_add(1, Relaxed);
                         }
                         Err(p) => {
-                            p.undo();
+                            p.into_pending().undo();
                             ev.undone.fetch_add(1, Relaxed);
                         }
                     }
@@ -989,11 +990,11 @@ fn registrar<C: Counter>(w: &Worker<'_>, r: &Registry<Canary, C>, ev: &RegistryE
                     Ok(m) => kill(m, &mut rng),
                     Err(p) if rng.coin() => {
                         ev.timeouts.fetch_add(1, Relaxed);
-                        kill(p.commit(), &mut rng);
+                        kill(p.into_pending().commit(), &mut rng);
                     }
                     Err(p) => {
                         ev.timeouts.fetch_add(1, Relaxed);
-                        mine.push(p.undo());
+                        mine.push(p.into_pending().undo());
                         ev.undone.fetch_add(1, Relaxed);
                     }
                 }

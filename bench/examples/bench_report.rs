@@ -60,8 +60,8 @@ fn main() {
     let results = read_medians(&criterion);
     if results.is_empty() {
         fail(&format!(
-            "no criterion results in {}: run without --no-run first (it runs the suite, about \
-             5 minutes)",
+            "no criterion results in {}: run without --no-run first (it runs the suite, a few \
+             minutes on 2 cores)",
             criterion.display()
         ));
     }

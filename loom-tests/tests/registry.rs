@@ -276,3 +276,33 @@ fn remove_and_register_race_a_caller_shared() {
 fn remove_and_register_race_a_caller_per_cpu() {
     remove_and_register_race_a_caller::<PerCpu>();
 }
+
+/// (8) A lookup by a stale id races the reuse of its slot. The caller's `get(a)` finds entry
+/// `a` (value 1, read before the removal returned) or nothing, never the next occupant (2)
+/// nor the poison; its read of the slot's generation under the guard is ordered with the
+/// registration's write of it (the slot's cell is loom's checked cell). Afterwards `a`'s id
+/// finds nothing and `b`'s finds `b`, though both name the same slot.
+#[test]
+fn get_by_stale_id_races_slot_reuse() {
+    model(|| {
+        let r = registry::<Shared>();
+        let ha = r.register(Cell::new(1));
+        let a = ha.id();
+
+        let caller = spawn_with(Arc::clone(&r), move |r| {
+            if let Some(g) = r.get(a) {
+                assert_eq!(g.get(), 1, "a stale id found another occupant");
+                assert_eq!(g.id(), a);
+            }
+        });
+
+        r.unregister(ha).set(POISON);
+        let hb = r.register(Cell::new(2)); // the free slot: same memory as `a`'s
+        let b = hb.id();
+
+        caller.join().unwrap();
+        assert!(r.get(a).is_none());
+        assert_eq!(r.get(b).map(|g| g.get()), Some(2));
+        r.unregister(hb).set(POISON);
+    });
+}

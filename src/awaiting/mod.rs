@@ -7,9 +7,12 @@
 //! its blocking twin would return, and the release paths are unchanged.
 //!
 //! - `drain.rs`: [`Drain`] and [`Commit`], for drainables.
+//! - `grace.rs`: [`Synchronize`] and [`Replace`], for grace periods.
 
 mod drain;
+mod grace;
 #[cfg(all(test, not(drainable_loom)))]
 mod tests;
 
 pub use drain::{Commit, Drain};
+pub use grace::{Replace, Synchronize};

@@ -34,7 +34,7 @@ pub use shared::Shared;
 /// assert_eq!(call(&Drainable::new(|| 1)), Some(1));
 /// assert_eq!(call(&PerCpuDrainable::new(|| 2)), Some(2));
 /// ```
-pub trait Counter: sealed::CounterImpl {}
+pub trait Counter: sealed::Sealed {}
 
 /// A waiter's name for the close it made or joined: the counter's number for it, taken under
 /// the lock that orders closes, right after the close (0 where closes are not numbered). A
@@ -57,15 +57,29 @@ pub(crate) mod sealed {
     use crate::lifecycle::{Hold, Open, Refused, Word};
     use crate::platform;
     use std::fmt;
+    use std::panic::{RefUnwindSafe, UnwindSafe};
     use std::time::Instant;
+
+    /// The seal on [`Counter`](super::Counter): a marker, implemented for every
+    /// [`CounterImpl`] and nameable only inside the crate. `Counter`'s rendered supertrait is
+    /// this marker, not the protocol.
+    pub trait Sealed: CounterImpl {}
+
+    impl<C: CounterImpl> Sealed for C {}
+
+    /// The one type of the protocol that public types store: a guard's ticket. A trait of its
+    /// own so that rustdoc, which must name it in the guards' `Freeze` and `UnsafeUnpin` lines
+    /// (unstable auto traits that no bound can discharge), names the seal and not the protocol.
+    /// The stable auto traits are discharged by the bounds here, so they render without it.
+    pub trait SealedTicket {
+        /// What a guard remembers to give its count back (the slot index, or nothing).
+        type Ticket: Copy + Send + Sync + Unpin + UnwindSafe + RefUnwindSafe + 'static;
+    }
 
     /// The protocol a counter scheme implements: one method per verb of the lifecycle, each
     /// owning its sequence. Private to the crate (the module is not reachable from outside),
     /// so its methods are not part of the public API.
-    pub trait CounterImpl: Send + Sync + Sized + 'static {
-        /// What a guard remembers to give its count back (the slot index, or nothing).
-        type Ticket: Copy + Send + Sync + 'static;
-
+    pub trait CounterImpl: SealedTicket + Send + Sync + Sized + 'static {
         /// The type's name in `Debug` output.
         const NAME: &'static str;
 

@@ -21,8 +21,11 @@ pub struct Shared;
 
 impl Counter for Shared {}
 
-impl sealed::CounterImpl for Shared {
+impl sealed::SealedTicket for Shared {
     type Ticket = ();
+}
+
+impl sealed::CounterImpl for Shared {
     const NAME: &'static str = "Drainable";
 
     fn new_counter() -> Self {

@@ -6,6 +6,7 @@ use crate::lifecycle::track;
 use crate::platform::{self, Mutex, MutexGuard, Ordering};
 use std::fmt;
 use std::ops::Deref;
+use std::ptr::NonNull;
 use std::sync::Arc;
 
 /// A value readers see without locks or reference counts, and that a writer replaces: the
@@ -125,7 +126,9 @@ impl<T> GraceCell<T> {
 
     /// Publishes `value`, waits until no reader can still see the old value, and returns it.
     ///
-    /// Blocking: waits for other writers (a mutex), then for one grace period of the domain.
+    /// Blocking: waits for other writers' swaps (a mutex held only for a swap, or for
+    /// [`update`](Self::update)'s closure), then for one grace period of the domain, which
+    /// concurrent writers share.
     ///
     /// # Panics
     ///
@@ -138,8 +141,8 @@ impl<T> GraceCell<T> {
     /// assert_eq!(*c.read(), 2);
     /// ```
     pub fn replace(&self, value: T) -> T {
-        let _writer = self.lock_writer("GraceCell::replace");
-        self.swap_and_wait(Box::new(value))
+        let writer = self.lock_writer("GraceCell::replace");
+        self.swap_and_wait(writer, Box::new(value))
     }
 
     /// Computes the new value from the current one, publishes it, waits a grace period and
@@ -161,23 +164,71 @@ impl<T> GraceCell<T> {
     /// assert_eq!((old, c.read().clone()), (vec![1], vec![1, 2]));
     /// ```
     pub fn update(&self, f: impl FnOnce(&T) -> T) -> T {
-        let _writer = self.lock_writer("GraceCell::update");
+        let writer = self.lock_writer("GraceCell::update");
         // SAFETY: only writers replace the value, and we hold the writer lock, so the current
         // value stays alive while `f` reads it.
         let new = f(unsafe { &*self.ptr.load(Ordering::Acquire) });
-        self.swap_and_wait(Box::new(new))
+        self.swap_and_wait(writer, Box::new(new))
     }
 
-    fn swap_and_wait(&self, new: Box<T>) -> T {
+    fn swap_and_wait(&self, writer: WriterLock<'_>, new: Box<T>) -> T {
         let domain = self.domain.get();
         track::assert_not_held(domain.id(), "GraceCell::replace");
-        // AcqRel: Release publishes the new value to readers; Acquire takes ownership of the
-        // old one from the writer that published it.
-        let old = self.ptr.swap(Box::into_raw(new), Ordering::AcqRel);
+        let old = self.swap(writer, new);
         domain.synchronize();
         // SAFETY: `old` came from `Box::into_raw`, was unpublished before the grace period, and
         // no section that could have loaded it is still running.
         *unsafe { Box::from_raw(old) }
+    }
+
+    /// Publishes `new` and unpublishes the current value, which the caller now owns (to free
+    /// after a grace period that begins after this). The writer lock is held only for the swap:
+    /// writers wait for each other's swaps and `update`'s closures, never for each other's grace
+    /// periods (which they share instead).
+    pub(crate) fn swap(&self, writer: WriterLock<'_>, new: Box<T>) -> *mut T {
+        // AcqRel: Release publishes the new value to readers; Acquire takes ownership of the
+        // old one from the writer that published it.
+        let old = self.ptr.swap(Box::into_raw(new), Ordering::AcqRel);
+        drop(writer);
+        old
+    }
+
+    /// Reads the current value through a guard that owns a reference to the cell: `Send` and
+    /// `'static` (for `T: Send + Sync`), so it can be held across an `.await` and dropped on
+    /// another thread. A read section of the cell's domain until dropped, like
+    /// [`read`](Self::read).
+    ///
+    /// Costs what `read` costs plus the `Arc` clone; the debug-build self-deadlock detector does
+    /// not track it (it can move between threads).
+    ///
+    /// ```
+    /// use drainable::GraceCell;
+    /// use std::sync::Arc;
+    ///
+    /// let config = Arc::new(GraceCell::new(String::from("v1")));
+    /// let guard = config.read_owned();
+    /// let reader = std::thread::spawn(move || guard.len()); // moves to another thread
+    /// assert_eq!(reader.join().unwrap(), 2);
+    /// assert_eq!(config.replace("v2".into()), "v1");
+    /// ```
+    #[must_use = "the value is readable only while the guard lives"]
+    pub fn read_owned(self: &Arc<Self>) -> OwnedGraceGuard<T> {
+        let (phase, slot) = self.domain.get().enter_raw();
+        // Acquire: pairs with the writer's swap (publish → reader).
+        let ptr = self.ptr.load(Ordering::Acquire);
+        OwnedGraceGuard {
+            cell: Arc::clone(self),
+            // SAFETY: `Box::into_raw` never returns null.
+            value: unsafe { NonNull::new_unchecked(ptr) },
+            phase,
+            slot,
+        }
+    }
+
+    /// The writer lock, for the futures (`awaiting/grace.rs`).
+    #[track_caller]
+    pub(crate) fn lock_writer_for(&self, op: &str) -> WriterLock<'_> {
+        self.lock_writer(op)
     }
 
     /// Mutable access; `&mut self` proves there is no reader.
@@ -243,7 +294,7 @@ impl<T> GraceCell<T> {
 
 /// The writer lock of a [`GraceCell`] and the record of who holds it, cleared (on unwind too)
 /// before the lock is released.
-struct WriterLock<'a> {
+pub(crate) struct WriterLock<'a> {
     owner: &'a crate::platform::AtomicUsize,
     _lock: MutexGuard<'a, ()>,
 }
@@ -343,6 +394,84 @@ impl<T: fmt::Debug> fmt::Debug for GraceGuard<'_, T> {
     /// ```
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self.value, f)
+    }
+}
+
+/// A read guard of an `Arc<GraceCell<T>>`, from [`GraceCell::read_owned`]: derefs to the value;
+/// a read section of the cell's domain until dropped, on whichever thread drops it. `Send` and
+/// `Sync` when `T: Send + Sync`, and `'static` when `T` is: it can be held across an `.await`.
+///
+/// ```
+/// use drainable::{GraceCell, OwnedGraceGuard};
+/// use std::sync::Arc;
+///
+/// fn send_static<X: Send + 'static>(_: &X) {}
+/// let cell = Arc::new(GraceCell::new(vec![1, 2]));
+/// let g: OwnedGraceGuard<Vec<i32>> = cell.read_owned();
+/// send_static(&g);
+/// assert_eq!(g.len(), 2);
+/// ```
+#[must_use = "the value is readable only while the guard lives"]
+pub struct OwnedGraceGuard<T> {
+    cell: Arc<GraceCell<T>>,
+    value: NonNull<T>,
+    phase: u32,
+    slot: u32,
+}
+
+// SAFETY: the guard shares `&T` with whichever thread holds it (`T: Sync`) and keeps an
+// `Arc<GraceCell<T>>`, which is `Send` for `T: Send + Sync`; its section ends on any thread
+// (`GraceDomain::leave_raw` is a decrement of a shared slot).
+unsafe impl<T: Send + Sync> Send for OwnedGraceGuard<T> {}
+// SAFETY: `&OwnedGraceGuard` gives `&T` only (`T: Sync`).
+unsafe impl<T: Send + Sync> Sync for OwnedGraceGuard<T> {}
+
+impl<T> OwnedGraceGuard<T> {
+    /// The cell this guard reads. An associated function (`OwnedGraceGuard::cell(&g)`), so it
+    /// does not shadow a method of `T`.
+    ///
+    /// ```
+    /// use drainable::{GraceCell, OwnedGraceGuard};
+    /// use std::sync::Arc;
+    ///
+    /// let cell = Arc::new(GraceCell::new(1));
+    /// let g = cell.read_owned();
+    /// assert!(Arc::ptr_eq(OwnedGraceGuard::cell(&g), &cell));
+    /// ```
+    pub fn cell(this: &Self) -> &Arc<GraceCell<T>> {
+        &this.cell
+    }
+}
+
+impl<T> Deref for OwnedGraceGuard<T> {
+    type Target = T;
+
+    #[inline]
+    fn deref(&self) -> &T {
+        // SAFETY: the pointer was published when the section began, and is freed only after a
+        // grace period that began after it was unpublished; this section holds that up.
+        unsafe { self.value.as_ref() }
+    }
+}
+
+impl<T> Drop for OwnedGraceGuard<T> {
+    #[inline]
+    fn drop(&mut self) {
+        // SAFETY: the `Arc` keeps the cell, and so its domain, alive past the decrement; the
+        // guard owns the section, ended once, here.
+        unsafe { GraceDomain::leave_raw(self.cell.domain.get(), self.phase, self.slot) };
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for OwnedGraceGuard<T> {
+    /// Formats the value.
+    ///
+    /// ```
+    /// let c = std::sync::Arc::new(drainable::GraceCell::new(7));
+    /// assert_eq!(format!("{:?}", c.read_owned()), "7");
+    /// ```
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
     }
 }
 

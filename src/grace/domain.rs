@@ -6,10 +6,13 @@ use super::GraceCell; // for the doc links
 use crate::counter::slots::Folding;
 use crate::lifecycle::track;
 use crate::lifecycle::word as state;
-use crate::platform::{AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering};
+use crate::platform::{
+    self, AtomicU32, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering, Pending, Task, TaskWaiter,
+};
 use std::fmt;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// A domain of read sections and the grace periods that wait for them (an SRCU domain, a
@@ -70,6 +73,18 @@ pub struct GraceDomain {
     /// Grace periods completed. Only grows.
     completed: AtomicU64,
     steps: Mutex<Steps>,
+    /// Values to drop once a grace period has completed (`defer_drop`).
+    deferred: Deferred,
+}
+
+/// Values handed to the domain to drop after a grace period: each waits for the grace period of
+/// the cookie it came with, and is dropped by the first call on the domain that finds that grace
+/// period complete (`collect`), or with the domain. Today only a `GraceCell::replace_async`
+/// dropped before it completed hands values here.
+struct Deferred {
+    /// Entries in `values`: lets `collect` skip the lock when there are none.
+    len: AtomicUsize,
+    values: Mutex<Vec<(u64, Box<dyn Send>)>>,
 }
 
 /// Grace-period bookkeeping, changed only under `GraceDomain::steps`.
@@ -163,6 +178,10 @@ impl GraceDomain {
                 started: 0,
                 wanted: 0,
             }),
+            deferred: Deferred {
+                len: AtomicUsize::new(0),
+                values: Mutex::new(Vec::new()),
+            },
         }
     }
 
@@ -183,21 +202,48 @@ impl GraceDomain {
     #[inline]
     #[must_use = "a read section ends when its guard is dropped"]
     pub fn enter(&self) -> ReadSection<'_> {
+        let (phase, slot) = self.enter_raw();
+        track::acquired(self.id);
+        ReadSection {
+            domain: NonNull::from(self),
+            phase,
+            slot,
+            _borrow: PhantomData,
+        }
+    }
+
+    /// Enters a section that is not tied to a thread (the debug-build detector does not track
+    /// it): its phase and slot, to give to [`leave_raw`](Self::leave_raw) once, on any thread.
+    #[inline]
+    pub(crate) fn enter_raw(&self) -> (u32, u32) {
         loop {
             // Acquire: pairs with the flip's Release (writer's publish → reader).
             let phase = self.phase.load(Ordering::Acquire) as usize & 1;
             if let Ok(slot) = self.phases[phase].try_increment() {
-                track::acquired(self.id);
-                return ReadSection {
-                    domain: NonNull::from(self),
-                    phase: phase as u32,
-                    slot,
-                    _borrow: PhantomData,
-                };
+                return (phase as u32, slot);
             }
             // The slot is folded: a grace period flipped the phase after our load. Retry.
-            crate::platform::spin_hint();
+            platform::spin_hint();
         }
+    }
+
+    /// Ends a section from [`enter_raw`](Self::enter_raw).
+    ///
+    /// # Safety
+    /// `domain` is live, and the caller owns the section `(phase, slot)` entered on it, ended
+    /// here once. No reference to the domain is held across the decrement.
+    #[inline]
+    pub(crate) unsafe fn leave_raw(domain: *const GraceDomain, phase: u32, slot: u32) {
+        // SAFETY: the caller keeps the domain live; `addr_of!` reaches the fields without a
+        // reference across the decrement.
+        let (phases, word) = unsafe {
+            (
+                std::ptr::addr_of!((*domain).phases) as *const Folding,
+                std::ptr::addr_of!((*domain).word),
+            )
+        };
+        // SAFETY: the caller owns one count on slot `slot` of phase `phase`, given back once.
+        unsafe { Folding::decrement(phases.add(phase as usize), slot, word) };
     }
 
     /// Waits until every read section that began before this call has ended.
@@ -279,6 +325,8 @@ impl GraceDomain {
         let target = steps.started + 1;
         steps.wanted = steps.wanted.max(target);
         self.start_if_wanted(&mut steps);
+        drop(steps);
+        self.collect();
         GraceCookie {
             domain: self.id,
             number: target,
@@ -313,7 +361,82 @@ impl GraceDomain {
             self.finish_if_done(&mut steps);
             self.start_if_wanted(&mut steps);
         }
+        self.collect();
         self.completed.load(Ordering::Acquire) >= cookie.number
+    }
+
+    /// The task form of waiting for `cookie` (see [`wait_for`](Self::wait_for)): `Ready` once
+    /// its grace period has ended, else files the task's waker under the domain's word (whose
+    /// token the last section of the old phase gives back, waking it) and `Pending`.
+    pub(crate) fn poll_for(
+        &self,
+        cookie: GraceCookie,
+        waiter: &mut TaskWaiter,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        loop {
+            if self.poll_grace_period(cookie) {
+                return Poll::Ready(());
+            }
+            match self.word.wait_zero_with(None, &mut Task { waiter, cx }) {
+                Err(Pending) => return Poll::Pending,
+                // The token is back: complete the grace period, as `wait_for` does.
+                Ok(_) => {
+                    let mut steps = self.lock_steps();
+                    self.finish_if_done(&mut steps);
+                    self.start_if_wanted(&mut steps);
+                }
+            }
+        }
+    }
+
+    /// A task that polled [`poll_for`](Self::poll_for) into `Pending` gives up: takes
+    /// `WAITING` down, as a timed-out wait does.
+    pub(crate) fn stop_waiting(&self) {
+        self.word.stop_waiting();
+    }
+
+    /// Hands `value` to the domain, to drop once the grace period of `cookie` (a cookie of this
+    /// domain) has ended: by the first later call on the domain that finds it ended
+    /// (`poll_grace_period`, `start_grace_period`, `synchronize` and the futures, through
+    /// `collect`), or with the domain. The drop runs on that caller's thread, outside every
+    /// lock of the domain.
+    pub(crate) fn defer_drop(&self, cookie: GraceCookie, value: Box<dyn Send>) {
+        debug_assert_eq!(cookie.domain, self.id);
+        self.deferred.values.lock().push((cookie.number, value));
+        // Relaxed: a hint for `collect`; a stale zero only delays a drop to a later call.
+        self.deferred.len.fetch_add(1, Ordering::Relaxed);
+        self.collect();
+    }
+
+    /// Drops the deferred values whose grace period has ended.
+    fn collect(&self) {
+        // Relaxed: a hint (see `defer_drop`).
+        if self.deferred.len.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        // Acquire: pairs with the Release that counted the grace period complete, so every
+        // access of the sections it waited for happens-before the drops.
+        let completed = self.completed.load(Ordering::Acquire);
+        let mut ready = Vec::new();
+        {
+            let Some(mut values) = self.deferred.values.try_lock() else {
+                // Another caller is collecting.
+                return;
+            };
+            let mut i = 0;
+            while i < values.len() {
+                if values[i].0 <= completed {
+                    ready.push(values.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            // Relaxed: as in `defer_drop`.
+            self.deferred.len.fetch_sub(ready.len(), Ordering::Relaxed);
+        }
+        // Outside the lock: a value's drop may use the domain.
+        drop(ready);
     }
 
     /// Blocks until `cookie`'s grace period ended, or until the deadline. Returns whether it
@@ -458,16 +581,9 @@ impl Drop for ReadSection<'_> {
         let domain = self.domain.as_ptr();
         // SAFETY: the section borrows the domain, so it is live; only the id is read.
         track::released(unsafe { *std::ptr::addr_of!((*domain).id) });
-        // SAFETY: the section borrows the domain, so it is live; `addr_of!` reaches the fields
-        // without a reference across the decrement.
-        let (phases, word) = unsafe {
-            (
-                std::ptr::addr_of!((*domain).phases) as *const Folding,
-                std::ptr::addr_of!((*domain).word),
-            )
-        };
-        // SAFETY: this section owns one count on slot `slot` of phase `phase`, given back once.
-        unsafe { Folding::decrement(phases.add(self.phase as usize), self.slot, word) };
+        // SAFETY: the section borrows the domain, so it is live, and owns its count, given
+        // back once, here.
+        unsafe { GraceDomain::leave_raw(domain, self.phase, self.slot) };
     }
 }
 

@@ -46,5 +46,5 @@
 mod cell;
 mod domain;
 
-pub use cell::{GraceCell, GraceGuard};
+pub use cell::{GraceCell, GraceGuard, OwnedGraceGuard};
 pub use domain::{GraceCookie, GraceDomain, GraceTimeoutError, ReadSection};

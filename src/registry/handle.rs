@@ -1,10 +1,9 @@
 //! The handles that remove an entry: [`Registration`] (from [`Registry::register`]) and
 //! [`PendingRemoval`] (a removal in progress, from [`Registry::prepare_unregister`]).
 
-use super::Registry;
+use super::{Cell, EntryId, Registry, RemovalTimeoutError};
 use crate::counter::{Counter, Shared};
 use crate::drainable::PendingDrain;
-use crate::platform;
 use std::fmt;
 use std::marker::PhantomData;
 use std::time::Duration;
@@ -31,16 +30,33 @@ use std::time::Duration;
 /// ```
 #[must_use = "dropping a Registration leaves its entry registered until the Registry is dropped"]
 pub struct Registration<T> {
-    /// The issuing registry's number.
-    pub(super) registry: u64,
-    /// The entry's slot.
-    pub(super) index: usize,
+    /// The entry: the issuing registry's number, the slot and the occupant's generation.
+    pub(super) id: EntryId,
     pub(super) _value: PhantomData<fn() -> T>,
 }
 
-/// Two registrations are equal when they name the same entry of the same registry. A
-/// registration is not `Clone` and its slot is reused only after it is consumed, so two live
-/// registrations are never equal: a registration can key a map of live entries.
+impl<T> Registration<T> {
+    /// The entry's [`EntryId`]: a copyable name to find it with [`Registry::get`] while it is
+    /// registered, long after this registration has moved on to a remover.
+    ///
+    /// ```
+    /// let r = drainable::Registry::new();
+    /// let h = r.register("lo");
+    /// let id = h.id();
+    /// assert_eq!(*r.get(id).unwrap(), "lo");
+    /// assert_eq!(r.get(id).unwrap().id(), id);
+    /// r.unregister(h);
+    /// assert!(r.get(id).is_none());
+    /// ```
+    pub fn id(&self) -> EntryId {
+        self.id
+    }
+}
+
+/// Two registrations are equal when they name the same entry (their [`id`](Registration::id)s
+/// are equal: same registry, slot and generation). A registration is not `Clone` and its slot
+/// is reused only after it is consumed, so two live registrations are never equal: a
+/// registration can key a map of live entries.
 ///
 /// ```
 /// use std::collections::HashMap;
@@ -56,7 +72,7 @@ pub struct Registration<T> {
 /// ```
 impl<T> PartialEq for Registration<T> {
     fn eq(&self, other: &Self) -> bool {
-        (self.registry, self.index) == (other.registry, other.index)
+        self.id == other.id
     }
 }
 
@@ -64,12 +80,12 @@ impl<T> Eq for Registration<T> {}
 
 impl<T> std::hash::Hash for Registration<T> {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        (self.registry, self.index).hash(state);
+        self.id.hash(state);
     }
 }
 
 impl<T> fmt::Debug for Registration<T> {
-    /// Shows the issuing registry's number and the entry's slot.
+    /// Shows the issuing registry's number, the entry's slot and its generation.
     ///
     /// ```
     /// let r = drainable::Registry::new();
@@ -79,8 +95,9 @@ impl<T> fmt::Debug for Registration<T> {
     /// ```
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Registration")
-            .field("registry", &self.registry)
-            .field("slot", &self.index)
+            .field("registry", &self.id.registry)
+            .field("slot", &self.id.index)
+            .field("generation", &self.id.generation)
             .finish()
     }
 }
@@ -109,11 +126,10 @@ impl<T> fmt::Debug for Registration<T> {
 #[must_use = "dropping a PendingRemoval undoes it at once (and the entry stays registered)"]
 pub struct PendingRemoval<'a, T, C: Counter = Shared> {
     pub(super) registry: &'a Registry<T, C>,
-    /// The issuing registry's number, to rebuild the `Registration` on undo.
-    pub(super) registration: u64,
-    pub(super) index: usize,
+    /// The entry, to rebuild the `Registration` on undo.
+    pub(super) id: EntryId,
     /// Holds the slot closed; dropping it undoes.
-    pub(super) pending: PendingDrain<'a, platform::UnsafeCell<Option<T>>, C>,
+    pub(super) pending: PendingDrain<'a, Cell<T>, C>,
 }
 
 // SAFETY: the fields are a `&Registry` (which may be shared when it is `Sync`) and a
@@ -146,12 +162,11 @@ impl<'a, T, C: Counter> PendingRemoval<'a, T, C> {
     pub fn commit(self) -> T {
         let PendingRemoval {
             registry,
-            index,
+            id,
             pending,
-            ..
         } = self;
         pending.commit();
-        registry.take_drained(index)
+        registry.take_drained(id.index)
     }
 
     /// Waits up to `timeout` for the calls in flight into the entry. On success removes it
@@ -161,9 +176,12 @@ impl<'a, T, C: Counter> PendingRemoval<'a, T, C> {
     ///
     /// # Errors
     ///
-    /// On timeout, gives the `PendingRemoval` back: the entry stays closed, and the caller may
-    /// wait again, [`undo`](Self::undo), or ask how many calls are
-    /// [`outstanding`](Self::outstanding).
+    /// On timeout, a [`RemovalTimeoutError`], which still holds the removal: the entry stays
+    /// closed while it lives. [`into_pending`](RemovalTimeoutError::into_pending) gives the
+    /// `PendingRemoval` back to wait again or [`undo`](Self::undo). `?` into a
+    /// `Box<dyn Error>` (with `T: 'static`) undoes the removal, so the entry is live again,
+    /// and boxes an [`UnregisterTimeoutError<T>`](super::UnregisterTimeoutError) that keeps
+    /// the [`Registration`]: downcast to it to remove the entry later.
     ///
     /// ```
     /// use drainable::Registry;
@@ -173,25 +191,50 @@ impl<'a, T, C: Counter> PendingRemoval<'a, T, C> {
     /// let h = r.register("eth0");
     /// let call = r.iter().next().unwrap();
     /// let pending = r.prepare_unregister(h);
-    /// let pending = pending.commit_timeout(Duration::ZERO).unwrap_err();
-    /// assert_eq!(pending.outstanding(), 1);
+    /// let err = pending.commit_timeout(Duration::ZERO).unwrap_err();
+    /// assert_eq!(err.outstanding(), 1);
     /// drop(call);
+    /// let pending = err.into_pending();
     /// assert_eq!(pending.commit_timeout(Duration::from_secs(1)).unwrap(), "eth0");
     /// ```
-    pub fn commit_timeout(self, timeout: Duration) -> Result<T, Self> {
+    ///
+    /// With `?`:
+    ///
+    /// ```
+    /// use drainable::{Registration, Registry, UnregisterTimeoutError};
+    /// use std::error::Error;
+    /// use std::time::Duration;
+    ///
+    /// fn unload(r: &Registry<&'static str>, h: Registration<&'static str>)
+    ///     -> Result<&'static str, Box<dyn Error + Send + Sync>> {
+    ///     Ok(r.prepare_unregister(h).commit_timeout(Duration::from_millis(1))?)
+    /// }
+    ///
+    /// let r = Registry::new();
+    /// let h = r.register("eth0");
+    /// let call = r.iter().next().unwrap();
+    /// let err = unload(&r, h).unwrap_err();
+    /// drop(call);
+    /// assert_eq!(r.iter().count(), 1); // undone: live again
+    /// let err = err.downcast::<UnregisterTimeoutError<&str>>().unwrap();
+    /// assert_eq!(err.outstanding(), 1);
+    /// assert_eq!(unload(&r, err.into_registration()).unwrap(), "eth0");
+    /// ```
+    pub fn commit_timeout(self, timeout: Duration) -> Result<T, RemovalTimeoutError<'a, T, C>> {
         let PendingRemoval {
             registry,
-            registration,
-            index,
+            id,
             pending,
         } = self;
         match pending.commit_timeout(timeout) {
-            Ok(()) => Ok(registry.take_drained(index)),
-            Err(pending) => Err(PendingRemoval {
-                registry,
-                registration,
-                index,
-                pending,
+            Ok(()) => Ok(registry.take_drained(id.index)),
+            Err(error) => Err(RemovalTimeoutError {
+                outstanding: error.outstanding(),
+                pending: PendingRemoval {
+                    registry,
+                    id,
+                    pending: error.into_pending(),
+                },
             }),
         }
     }
@@ -213,10 +256,27 @@ impl<'a, T, C: Counter> PendingRemoval<'a, T, C> {
         // Nobody else closes a slot whose registration we hold.
         debug_assert!(reopened, "undo did not reopen the entry");
         Registration {
-            registry: self.registration,
-            index: self.index,
+            id: self.id,
             _value: PhantomData,
         }
+    }
+
+    /// The [`EntryId`] of the entry being removed (it finds nothing while the removal is
+    /// pending, and again the entry if the removal is undone).
+    ///
+    /// ```
+    /// let r = drainable::Registry::new();
+    /// let h = r.register(1);
+    /// let id = h.id();
+    /// let p = r.prepare_unregister(h);
+    /// assert_eq!(p.id(), id);
+    /// assert!(r.get(id).is_none()); // being removed
+    /// let h = p.undo();
+    /// assert!(r.get(id).is_some());
+    /// # r.unregister(h);
+    /// ```
+    pub fn id(&self) -> EntryId {
+        self.id
     }
 
     /// Calls into the entry still in flight (a snapshot).
@@ -247,7 +307,7 @@ impl<T, C: Counter> fmt::Debug for PendingRemoval<'_, T, C> {
     /// ```
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PendingRemoval")
-            .field("slot", &self.index)
+            .field("slot", &self.id.index)
             .field("outstanding", &self.outstanding())
             .finish()
     }

@@ -18,7 +18,8 @@
 //!   `Release` pairs with the `Acquire` of every later acquisition: a caller that gets in sees
 //!   the value.
 //! - Callers ([`Registry::for_each`], [`Registry::iter`]) take a guard on each slot and read the
-//!   value under it.
+//!   value under it; [`Registry::get`] takes a guard on one slot and reads the slot's
+//!   generation under it too (`id.rs`), to check that the occupant is the one its id names.
 //! - `unregister` drains the slot (closed to new callers, then waits out the in-flight ones;
 //!   every read under a guard happens-before the drain returns), takes the value out (the slot
 //!   is drained, so this is again exclusive), and puts the slot on the free list.
@@ -31,23 +32,28 @@
 //! - `mod.rs`: [`Registry`] itself, and the slot protocol above.
 //! - `storage.rs`: the slots' segmented vector (chunks, growth, freeing, walking).
 //! - `handle.rs`: [`Registration`] and [`PendingRemoval`], the handles that remove an entry.
+//! - `id.rs`: [`EntryId`], the copyable name of an entry, and where its generation lives.
 //! - `iter.rs`: [`RegistryIter`] and [`EntryGuard`], the callers' side.
-//! - `error.rs`: [`UnregisterTimeoutError`].
+//! - `error.rs`: [`UnregisterTimeoutError`] and [`RemovalTimeoutError`].
 //! - `tests.rs`: the unit tests.
 
 mod error;
+mod future;
 mod handle;
+mod id;
 mod iter;
 mod storage;
 #[cfg(all(test, not(drainable_loom)))]
 mod tests;
 
-pub use error::UnregisterTimeoutError;
+pub use error::{RemovalTimeoutError, UnregisterTimeoutError};
+pub use future::{CommitRemoval, Unregister, UnregisterAll};
 pub use handle::{PendingRemoval, Registration};
-pub use iter::{EntryGuard, RegistryIter};
+pub use id::EntryId;
+pub use iter::{EntryGuard, OwnedEntryGuard, RegistryIter};
 
 use crate::counter::{Counter, PerCpu, Shared};
-use crate::drainable::DrainableWith;
+use crate::drainable::{DrainableWith, Guard};
 use crate::platform::{self, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
 use std::fmt;
 use std::marker::PhantomData;
@@ -56,7 +62,22 @@ use std::time::Duration;
 use storage::{Storage, Tail};
 
 /// One entry's storage: a drainable whose guards are the calls in flight, around the value.
-type Slot<T, C> = DrainableWith<platform::UnsafeCell<Option<T>>, C>;
+type Slot<T, C> = DrainableWith<Cell<T>, C>;
+
+/// A slot's cell: written only by the thread that owns the drained slot, read under guards.
+type Cell<T> = platform::UnsafeCell<Entry<T>>;
+
+/// What a slot's cell holds. Both fields follow the slot protocol (module docs): written only
+/// while the slot is drained, by the one thread that owns it then; read only under a guard.
+struct Entry<T> {
+    /// Which occupant of the slot this is (or was): bumped by each registration into it, so
+    /// that an [`EntryId`] of a removed entry never matches a later one. Read only by
+    /// [`Registry::get`] and the `id` methods, never by a pass, so `for_each` pays nothing for
+    /// it but 8 bytes of the slot.
+    generation: u64,
+    /// The registered value; `None` in a free slot.
+    value: Option<T>,
+}
 
 /// A set of callbacks (or any values) that many threads call lock-free, and whose removal
 /// blocks until no call into the removed entry is in flight.
@@ -77,6 +98,7 @@ type Slot<T, C> = DrainableWith<platform::UnsafeCell<Option<T>>, C>;
 /// | operation | guarantee | waits for |
 /// |---|---|---|
 /// | [`for_each`](Self::for_each), [`iter`](Self::iter) | lock-free (bar what the callback does) | nothing: never the lock, never a registration or removal |
+/// | [`get`](Self::get) | lock-free, O(1) | nothing |
 /// | [`register`](Self::register) | blocking, briefly | the registry's lock (held for O(1) amortised work by other registrations and removals) |
 /// | [`prepare_unregister`](Self::prepare_unregister) | does not wait for callers | nothing |
 /// | [`unregister`](Self::unregister), [`PendingRemoval::commit`] | blocking, starvation-free | the calls into *that* entry that began before it closed; then the lock, briefly |
@@ -165,6 +187,9 @@ struct Control {
     free: Vec<usize>,
     /// The storage's appending side: the slots handed out and the chunks allocated.
     tail: Tail,
+    /// Registrations handed back to the registry by a cancelled async removal, for
+    /// [`Registry::recover`]: the entries are live again, and their registrations are here.
+    parked: Vec<EntryId>,
 }
 
 // SAFETY: a registry owns its values, so sending it sends them (`T: Send`). Nothing else in it
@@ -187,6 +212,7 @@ const _: fn() = || {
     send_sync::<PendingRemoval<'static, u32>>();
     send_sync::<RegistryIter<'static, u32>>();
     send_sync::<UnregisterTimeoutError<u32>>();
+    send_sync::<RemovalTimeoutError<'static, u32>>();
     send::<Registry<std::cell::Cell<u32>>>();
     fn sync<X: Sync>() {}
     sync::<EntryGuard<'static, u32>>();
@@ -241,6 +267,7 @@ impl<T, C: Counter> Registry<T, C> {
                 len: AtomicUsize::new(0),
                 id: AtomicU64::new(0),
                 control: Mutex::new(Control {
+                    parked: Vec::new(),
                     free: Vec::new(),
                     tail: Tail::new(),
                 }),
@@ -279,7 +306,10 @@ impl<T, C: Counter> Registry<T, C> {
                 Some(index) => index,
                 None => self.storage.fresh(&mut control.tail, || {
                     // Drained from the start: the state of every free slot.
-                    Slot::<T, C>::new_drained(platform::UnsafeCell::new(None))
+                    Slot::<T, C>::new_drained(platform::UnsafeCell::new(Entry {
+                        generation: 0,
+                        value: None,
+                    }))
                 }),
             };
             // Relaxed: a statistic; it orders nothing.
@@ -287,22 +317,29 @@ impl<T, C: Counter> Registry<T, C> {
             (registry, index)
         };
         let slot = self.storage.get(index);
-        slot.value_unguarded().with_mut(|p| {
+        let generation = slot.value_unguarded().with_mut(|p| {
             // SAFETY: the slot is drained (free slots always are) and this thread took it off
             // the free list (or past the high-water mark) under the lock, so it is the only
             // thread that writes the slot, no guard exists, and none can be taken before the
             // `reopen` below. Readers that read it after the reopen synchronise with it.
             unsafe {
-                debug_assert!((*p).is_none(), "a free slot holds a value");
-                ptr::write(p, Some(value));
+                let entry = &mut *p;
+                debug_assert!(entry.value.is_none(), "a free slot holds a value");
+                entry.generation += 1;
+                ptr::write(&mut entry.value, Some(value));
+                entry.generation
             }
         });
-        // Release (inside `reopen`): publishes the value to every caller that gets in.
+        // Release (inside `reopen`): publishes the value and its generation to every caller
+        // that gets in (their acquisition is `Acquire`).
         let reopened = slot.reopen();
         debug_assert!(reopened, "a free slot was not drained");
         Registration {
-            registry,
-            index,
+            id: EntryId {
+                registry,
+                index,
+                generation,
+            },
             _value: PhantomData,
         }
     }
@@ -344,7 +381,7 @@ impl<T, C: Counter> Registry<T, C> {
         for chunk in self.storage.chunks() {
             for slot in chunk {
                 if let Some(guard) = slot.try_acquire() {
-                    f(value(&*guard));
+                    f(value(&guard));
                 }
             }
         }
@@ -370,7 +407,64 @@ impl<T, C: Counter> Registry<T, C> {
     /// ```
     #[must_use = "an iterator does nothing unless consumed"]
     pub fn iter(&self) -> RegistryIter<'_, T, C> {
-        RegistryIter::new(self.storage.chunks())
+        RegistryIter::new(self, self.storage.chunks())
+    }
+
+    /// The entry named by `id`, held under an [`EntryGuard`] (a call into it in flight, as
+    /// from [`iter`](Self::iter)), or `None` if it is not registered any more, its removal has
+    /// begun, or `id` is of another registry. Never another entry: the id of a removed entry
+    /// does not find the later occupant of its slot.
+    ///
+    /// An id of another registry gives `None` rather than the panic a foreign
+    /// [`Registration`] causes: an id is a copyable name that may be kept past its entry's
+    /// life, and a lookup of a name that is not here is an answer, not a misuse; nothing is
+    /// changed either way.
+    ///
+    /// Lock-free and O(1): one relaxed load of the registry's number, one guard acquisition
+    /// (see [`DrainableWith::try_acquire`]) and one read under it. A guard that is kept
+    /// delays the entry's removal until it is dropped.
+    ///
+    /// # Panics
+    ///
+    /// If about 33 million calls into the entry are in flight at once (see
+    /// [`DrainableWith::try_acquire`]).
+    ///
+    /// ```
+    /// use drainable::Registry;
+    ///
+    /// let plugins: Registry<fn(u32) -> u32> = Registry::new();
+    /// let a = plugins.register(|x| x + 1);
+    /// let b = plugins.register(|x| x * 2);
+    /// let b_id = b.id();
+    /// assert_eq!(plugins.get(b_id).map(|f| f(5)), Some(10)); // call just that one
+    ///
+    /// plugins.unregister(b);
+    /// assert!(plugins.get(b_id).is_none());
+    /// assert!(Registry::<fn(u32) -> u32>::new().get(a.id()).is_none()); // foreign: None
+    /// # plugins.unregister(a);
+    /// ```
+    #[must_use = "a guard that is not kept is released at once"]
+    pub fn get(&self, id: EntryId) -> Option<EntryGuard<'_, T, C>> {
+        // Relaxed: see `id_or_assign`: a thread holding one of this registry's ids reads its
+        // number; a foreign id never equals what a thread reads here (0 or this number).
+        if id.registry != self.id.load(Ordering::Relaxed) {
+            return None;
+        }
+        // The slot exists: this registry handed out `id.index` before the id existed.
+        let guard = self.storage.get(id.index).try_acquire()?;
+        // Read under the guard. The acquisition is `Acquire` and pairs with the `Release` of
+        // the `reopen` that opened the slot for the occupant we hold, which `register` did
+        // after writing its generation; the generation cannot change while the guard lives
+        // (only a registration into a drained slot writes it). So a stale id compares
+        // against the current occupant's generation, never a half-written one.
+        if generation(&guard) != id.generation {
+            return None; // another occupant: dropping the guard releases it
+        }
+        Some(EntryGuard {
+            guard,
+            registry: self,
+            index: id.index,
+        })
     }
 
     /// Removes an entry: closes it to new calls at once, blocks until every call in flight
@@ -467,12 +561,10 @@ impl<T, C: Counter> Registry<T, C> {
     /// ```
     #[track_caller]
     pub fn prepare_unregister(&self, registration: Registration<T>) -> PendingRemoval<'_, T, C> {
-        let index = registration.index;
         let slot = self.check(&registration);
         PendingRemoval {
             registry: self,
-            registration: registration.registry,
-            index,
+            id: registration.id,
             pending: slot.prepare_drain(),
         }
     }
@@ -518,13 +610,56 @@ impl<T, C: Counter> Registry<T, C> {
     ) -> Result<T, UnregisterTimeoutError<T>> {
         let slot = self.check(&registration);
         match slot.drain_timeout(timeout) {
-            Ok(()) => Ok(self.take_drained(registration.index)),
+            Ok(()) => Ok(self.take_drained(registration.id.index)),
             // The slot is open again: nobody else closes a slot whose registration we hold.
             Err(error) => Err(UnregisterTimeoutError {
                 registration,
                 error,
             }),
         }
+    }
+
+    /// The registration of an entry whose async removal was cancelled: an
+    /// [`unregister_async`](Self::unregister_async), [`unregister_all_async`](Self::unregister_all_async)
+    /// or [`PendingRemoval::commit_async`] future dropped before it completed leaves its
+    /// entries registered (live again, as after an undo) and hands their registrations to the
+    /// registry, which gives each back once, here. `None` for any other id (a registration
+    /// still held elsewhere, one recovered already, a removed entry, another registry).
+    ///
+    /// Takes the registry's lock briefly.
+    ///
+    /// ```
+    /// use drainable::Registry;
+    /// use std::future::Future;
+    /// use std::task::{Context, Waker};
+    ///
+    /// let r = Registry::new();
+    /// let h = r.register("eth0");
+    /// let id = h.id();
+    /// let call = r.get(id).unwrap(); // a call in flight
+    /// let mut removal = Box::pin(r.unregister_async(h));
+    /// let _ = removal.as_mut().poll(&mut Context::from_waker(Waker::noop())); // closes, waits
+    /// drop(removal); // cancelled, e.g. by a timeout
+    /// drop(call);
+    /// assert_eq!(r.iter().count(), 1); // live again
+    /// let h = r.recover(id).expect("the registration came back");
+    /// assert!(r.recover(id).is_none()); // once
+    /// assert_eq!(pollster::block_on(r.unregister_async(h)), "eth0");
+    /// ```
+    pub fn recover(&self, id: EntryId) -> Option<Registration<T>> {
+        let mut control = self.lock();
+        let i = control.parked.iter().position(|p| *p == id)?;
+        control.parked.swap_remove(i);
+        Some(Registration {
+            id,
+            _value: PhantomData,
+        })
+    }
+
+    /// Keeps a registration whose entry is live again after a cancelled async removal, for
+    /// [`recover`](Self::recover).
+    pub(super) fn park(&self, registration: Registration<T>) {
+        self.lock().parked.push(registration.id);
     }
 
     /// The number of registered values, entries whose removal is in progress included. A
@@ -581,10 +716,10 @@ impl<T, C: Counter> Registry<T, C> {
     fn check(&self, registration: &Registration<T>) -> &Slot<T, C> {
         // Relaxed: see `id_or_assign`.
         let id = self.id.load(Ordering::Relaxed);
-        if registration.registry != id {
-            foreign(registration.registry, id);
+        if registration.id.registry != id {
+            foreign(registration.id.registry, id);
         }
-        self.storage.get(registration.index)
+        self.storage.get(registration.id.index)
     }
 
     /// Takes the value out of a drained slot whose registration the caller owned, and puts
@@ -597,7 +732,7 @@ impl<T, C: Counter> Registry<T, C> {
             // happened-before the drain returned, and none can be taken until a `reopen`,
             // which only `register` does, after it takes the slot off the free list, which we
             // do below. The caller owned the registration, so no other thread removes it.
-            unsafe { (*p).take() }
+            unsafe { (*p).value.take() }
         });
         let mut control = self.lock();
         control.free.push(index);
@@ -627,18 +762,27 @@ fn foreign(theirs: u64, ours: u64) -> ! {
     );
 }
 
-/// The value of an open (or guarded) slot.
+/// The value of a guarded slot.
 #[inline]
-fn value<T>(cell: &platform::UnsafeCell<Option<T>>) -> &T {
-    // SAFETY: callers hold a guard of the slot, so it is not drained: its value was written
-    // before the `reopen` their acquisition synchronised with, and is taken out only after a
-    // drain, which waits for their guard. The reference lives no longer than the borrow of
-    // `cell`, i.e. the guard.
-    let value = cell.with(|p| unsafe { (*p).as_ref() });
+fn value<'g, T, C: Counter>(guard: &'g Guard<'_, Cell<T>, C>) -> &'g T {
+    // SAFETY: the caller holds a guard of the slot, so it is not drained: its value was
+    // written before the `reopen` the acquisition synchronised with, and is taken out only
+    // after a drain, which waits for the guard. The reference lives no longer than the borrow
+    // of the guard.
+    let value = guard.with(|p| unsafe { (*p).value.as_ref() });
     match value {
         Some(value) => value,
         None => unreachable!("drainable: an open registry slot held no value"),
     }
+}
+
+/// The generation of the occupant of a guarded slot.
+#[inline]
+fn generation<T, C: Counter>(guard: &Guard<'_, Cell<T>, C>) -> u64 {
+    // SAFETY: as in `value`: the slot is not drained while the guard lives, so nobody writes
+    // the cell, and the generation was written before the `reopen` the acquisition
+    // synchronised with. The read is a copy.
+    guard.with(|p| unsafe { (*p).generation })
 }
 
 impl<T, C: Counter> Default for Registry<T, C> {

@@ -6,6 +6,7 @@ use super::*;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread;
+use std::time::Duration;
 
 use crate::test_support::{Counted, iters};
 
@@ -89,14 +90,89 @@ macro_rules! registry_tests {
                 let r = R::fresh();
                 let a = r.register(1);
                 let b = r.register(2);
-                let (ia, ib) = (a.index, b.index);
+                let (ia, ib) = (a.id.index, b.id.index);
                 r.unregister(a);
                 r.unregister(b);
                 let c = r.register(3);
                 let d = r.register(4);
-                assert_eq!((c.index, d.index), (ib, ia));
+                assert_eq!((c.id.index, d.id.index), (ib, ia));
                 assert_eq!(r.lock().tail.handed_out(), 2, "no new slot was handed out");
                 r.unregister_all([c, d]);
+            }
+
+            #[test]
+            fn a_stale_id_never_finds_the_next_occupant_of_its_slot() {
+                let r = R::fresh();
+                let a = r.register(1);
+                let a_id = a.id();
+                assert_eq!(r.get(a_id).map(|g| *g), Some(1));
+                r.unregister(a);
+                assert!(r.get(a_id).is_none(), "removed");
+                let b = r.register(2);
+                let b_id = b.id();
+                assert_eq!(b_id.index, a_id.index, "the slot is reused (LIFO)");
+                assert_ne!(b_id, a_id, "the generation tells them apart");
+                assert!(r.get(a_id).is_none(), "a stale id found the new occupant");
+                let g = r.get(b_id).unwrap();
+                assert_eq!((*g, g.id()), (2, b_id));
+                drop(g);
+                r.unregister(b);
+                assert!(r.get(b_id).is_none());
+            }
+
+            #[test]
+            fn get_refuses_entries_being_removed_and_finds_them_after_undo() {
+                let r = R::fresh();
+                let h = r.register(7);
+                let id = h.id();
+                let p = r.prepare_unregister(h);
+                assert_eq!(p.id(), id);
+                assert!(r.get(id).is_none(), "being removed");
+                let h = p.undo();
+                assert_eq!(h.id(), id, "undo keeps the entry's identity");
+                assert_eq!(r.get(id).map(|g| *g), Some(7));
+                // A guard from `get` holds a call in flight, as one from `iter` does.
+                let g = r.get(id).unwrap();
+                let err = r.unregister_timeout(h, Duration::ZERO).unwrap_err();
+                assert_eq!(err.outstanding(), 1);
+                drop(g);
+                assert_eq!(r.unregister(err.into_registration()), 7);
+            }
+
+            #[test]
+            fn ids_from_iteration_match_the_registrations() {
+                let r = R::fresh();
+                let hs: Vec<_> = (0..capacity(1) + 1).map(|i| r.register(i)).collect();
+                let ids: Vec<_> = r.iter().map(|g| (*g, g.id())).collect();
+                assert_eq!(ids.len(), hs.len());
+                for (h, (v, id)) in hs.iter().zip(&ids) {
+                    assert_eq!(h.id(), *id);
+                    assert_eq!(r.get(*id).map(|g| *g), Some(*v));
+                }
+                let distinct: std::collections::HashSet<_> = hs.iter().collect();
+                assert_eq!(distinct.len(), hs.len(), "Registration: Eq + Hash");
+                r.unregister_all(hs);
+            }
+
+            #[test]
+            fn an_id_of_another_registry_finds_nothing() {
+                let a = R::fresh();
+                let b = R::fresh();
+                let never = R::<i32>::fresh();
+                let ha = a.register(1);
+                let hb = b.register(2);
+                // Same slot and generation, different registries.
+                assert_eq!(
+                    (ha.id().index, ha.id().generation),
+                    (hb.id().index, hb.id().generation)
+                );
+                assert_ne!(ha.id(), hb.id());
+                assert!(b.get(ha.id()).is_none());
+                assert!(a.get(hb.id()).is_none());
+                assert!(never.get(ha.id()).is_none());
+                assert_eq!(a.get(ha.id()).map(|g| *g), Some(1));
+                a.unregister(ha);
+                b.unregister(hb);
             }
 
             #[test]
@@ -108,7 +184,8 @@ macro_rules! registry_tests {
                 assert_eq!(collect(&r), (0..n).collect::<Vec<_>>());
                 assert_eq!(r.iter().count(), n);
                 // Remove every other one; the rest are still visited once each.
-                let (odd, even): (Vec<_>, Vec<_>) = hs.into_iter().partition(|h| h.index % 2 == 1);
+                let (odd, even): (Vec<_>, Vec<_>) =
+                    hs.into_iter().partition(|h| h.id.index % 2 == 1);
                 let removed = r.unregister_all(odd);
                 assert!(removed.iter().all(|v| v % 2 == 1));
                 assert_eq!(collect(&r), (0..n).step_by(2).collect::<Vec<_>>());
@@ -148,7 +225,7 @@ macro_rules! registry_tests {
                 let h = r.register(1);
                 let call = r.iter().next().unwrap();
                 let p = r.prepare_unregister(h);
-                let p = p.commit_timeout(Duration::ZERO).unwrap_err();
+                let p = p.commit_timeout(Duration::ZERO).unwrap_err().into_pending();
                 assert_eq!(p.outstanding(), 1);
                 assert!(collect(&r).is_empty(), "still closed after a timeout");
                 drop(call);
@@ -259,7 +336,7 @@ macro_rules! registry_tests {
                     "PendingRemoval { slot: 0, outstanding: 0 }"
                 );
                 let h = p.undo();
-                assert!(format!("{h:?}").ends_with("slot: 0 }"));
+                assert!(format!("{h:?}").ends_with("slot: 0, generation: 1 }"));
                 r.unregister(h);
             }
 

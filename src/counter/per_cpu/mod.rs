@@ -105,8 +105,11 @@ enum Place {
 
 impl Counter for PerCpu {}
 
-impl sealed::CounterImpl for PerCpu {
+impl sealed::SealedTicket for PerCpu {
     type Ticket = PerCpuTicket;
+}
+
+impl sealed::CounterImpl for PerCpu {
     const NAME: &'static str = "PerCpuDrainable";
 
     fn new_counter() -> Self {
