@@ -9,16 +9,15 @@
 //! a cancelled drain leaves the drainable open, that every waiter of one drain completes. A lost
 //! wake-up shows as a hang, which the watchdog turns into a failure naming the test.
 
+mod support;
+
 use drainable::{Counter, DrainableWith, PerCpu, Shared};
-use futures::task::SpawnExt;
 use futures_lite::future::{poll_once, yield_now};
-use std::future::Future;
-use std::panic::resume_unwind;
-use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::Duration;
+use support::{Spawner, run, tokio_current_thread, tokio_multi_thread};
 
 /// The value a drainable protects here: work done under its guards is counted in `done`, which
 /// the test keeps a handle to, so that it can read the count once the drain has completed.
@@ -61,112 +60,6 @@ async fn until_closed<C: Counter>(d: &D<C>) {
     while d.is_open() {
         yield_now().await;
     }
-}
-
-// ---- executors -------------------------------------------------------------------------------
-
-type Task = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
-
-/// Spawns a task on the executor the scenario runs on; the returned future is its join
-/// (re-raising the task's panic).
-#[derive(Clone)]
-struct Spawner(Arc<dyn Fn(Task) -> Task + Send + Sync>);
-
-impl Spawner {
-    fn spawn(&self, f: impl Future<Output = ()> + Send + 'static) -> Task {
-        (self.0)(Box::pin(f))
-    }
-}
-
-type Scenario = fn(Spawner) -> Task;
-
-/// Runs `scenario` on `executor` on a thread of its own; a scenario that has not finished in a
-/// minute (they take milliseconds) is a hang, most likely a lost wake-up, and fails the test.
-fn run(executor: fn(Scenario), scenario: Scenario) {
-    let (tx, rx) = mpsc::channel();
-    let runner = thread::spawn(move || {
-        executor(scenario);
-        let _ = tx.send(());
-    });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(()) => runner.join().unwrap(),
-        Err(mpsc::RecvTimeoutError::Disconnected) => resume_unwind(runner.join().unwrap_err()),
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            panic!("the scenario did not finish within 60 s: a lost wake-up?")
-        }
-    }
-}
-
-fn tokio_spawner(handle: tokio::runtime::Handle) -> Spawner {
-    Spawner(Arc::new(move |t| {
-        let join = handle.spawn(t);
-        Box::pin(async move {
-            if let Err(e) = join.await {
-                resume_unwind(e.into_panic());
-            }
-        })
-    }))
-}
-
-/// The scenario is itself a task on the runtime (not the `block_on` future), so that it can
-/// move between worker threads between polls.
-fn on_tokio(rt: tokio::runtime::Runtime, scenario: Scenario) {
-    let main = rt.spawn(scenario(tokio_spawner(rt.handle().clone())));
-    if let Err(e) = rt.block_on(main) {
-        resume_unwind(e.into_panic());
-    }
-}
-
-fn tokio_multi_thread(scenario: Scenario) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    on_tokio(rt, scenario);
-}
-
-fn tokio_current_thread(scenario: Scenario) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    on_tokio(rt, scenario);
-}
-
-/// `async-executor` (the executor of smol), run by this thread and one more.
-fn smol(scenario: Scenario) {
-    let ex = Arc::new(async_executor::Executor::new());
-    let (stop, stopped) = futures::channel::oneshot::channel::<()>();
-    let helper = {
-        let ex = Arc::clone(&ex);
-        thread::spawn(move || {
-            futures_lite::future::block_on(ex.run(async {
-                let _ = stopped.await;
-            }))
-        })
-    };
-    let spawner = {
-        let ex = Arc::clone(&ex);
-        Spawner(Arc::new(move |t| Box::pin(ex.spawn(t))))
-    };
-    let main = ex.spawn(scenario(spawner));
-    futures_lite::future::block_on(ex.run(main));
-    drop(stop);
-    helper.join().unwrap();
-}
-
-/// `futures::executor::block_on` drives the scenario (and so every drain it awaits); spawned
-/// tasks run on futures' thread pool.
-fn futures_block_on(scenario: Scenario) {
-    let pool = futures::executor::ThreadPool::builder()
-        .pool_size(2)
-        .create()
-        .unwrap();
-    let spawner = Spawner(Arc::new(move |t| {
-        Box::pin(pool.spawn_with_handle(t).expect("the pool is running"))
-    }));
-    futures::executor::block_on(scenario(spawner));
 }
 
 // ---- scenarios ---------------------------------------------------------------------------------
@@ -383,48 +276,18 @@ async fn drain_reopen_cycles<C: Counter>(spawn: Spawner) {
     }
 }
 
-/// Runs each scenario on each executor, for one counter.
-macro_rules! on_every_executor {
-    ($counter:ty: $($scenario:ident),* $(,)?) => {
-        mod tokio_multi_thread {
-            $( #[test] fn $scenario() {
-                super::super::run(super::super::tokio_multi_thread,
-                    |s| Box::pin(super::super::$scenario::<$counter>(s)));
-            } )*
-        }
-        mod tokio_current_thread {
-            $( #[test] fn $scenario() {
-                super::super::run(super::super::tokio_current_thread,
-                    |s| Box::pin(super::super::$scenario::<$counter>(s)));
-            } )*
-        }
-        mod smol {
-            $( #[test] fn $scenario() {
-                super::super::run(super::super::smol,
-                    |s| Box::pin(super::super::$scenario::<$counter>(s)));
-            } )*
-        }
-        mod futures_block_on {
-            $( #[test] fn $scenario() {
-                super::super::run(super::super::futures_block_on,
-                    |s| Box::pin(super::super::$scenario::<$counter>(s)));
-            } )*
-        }
-    };
-}
-
 macro_rules! every_scenario {
     ($counter:ty) => {
-        on_every_executor!($counter:
-            no_guard_completes_at_first_poll,
-            an_unpolled_drain_changes_nothing,
-            last_guard_on_os_thread,
-            last_guard_in_another_task,
-            owned_guards_across_await,
-            several_waiters_of_one_drain,
-            commit_async_waits_for_the_last_guard,
-            cancelled_drain_and_commit_reopen,
-            drain_reopen_cycles,
+        crate::support::on_every_executor!(
+            no_guard_completes_at_first_poll::<$counter>,
+            an_unpolled_drain_changes_nothing::<$counter>,
+            last_guard_on_os_thread::<$counter>,
+            last_guard_in_another_task::<$counter>,
+            owned_guards_across_await::<$counter>,
+            several_waiters_of_one_drain::<$counter>,
+            commit_async_waits_for_the_last_guard::<$counter>,
+            cancelled_drain_and_commit_reopen::<$counter>,
+            drain_reopen_cycles::<$counter>,
         );
     };
 }
