@@ -143,3 +143,83 @@ macro_rules! on_every_executor {
 }
 
 pub(crate) use {on_every_executor, on_executor};
+
+/// A scenario whose own future is not `Send` (its spawned tasks are): driven by each
+/// executor's `block_on` on the calling thread instead of spawned.
+pub type LocalTask = Pin<Box<dyn Future<Output = ()> + 'static>>;
+pub type LocalScenario = fn(Spawner) -> LocalTask;
+
+#[derive(Clone, Copy, Debug)]
+pub enum Executor {
+    TokioMultiThread,
+    TokioCurrentThread,
+    Smol,
+    FuturesBlockOn,
+}
+
+pub const EXECUTORS: [Executor; 4] = [
+    Executor::TokioMultiThread,
+    Executor::TokioCurrentThread,
+    Executor::Smol,
+    Executor::FuturesBlockOn,
+];
+
+/// Runs a [`LocalScenario`] on `executor`, under the same watchdog as [`run`].
+pub fn run_local(executor: Executor, scenario: LocalScenario) {
+    let (tx, rx) = mpsc::channel();
+    let runner = thread::spawn(move || {
+        match executor {
+            Executor::TokioMultiThread | Executor::TokioCurrentThread => {
+                let rt = match executor {
+                    Executor::TokioMultiThread => tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(2)
+                        .enable_all()
+                        .build(),
+                    _ => tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build(),
+                }
+                .unwrap();
+                let spawner = tokio_spawner(rt.handle().clone());
+                rt.block_on(scenario(spawner));
+            }
+            Executor::Smol => {
+                let ex = Arc::new(async_executor::Executor::new());
+                let (stop, stopped) = futures::channel::oneshot::channel::<()>();
+                let helper = {
+                    let ex = Arc::clone(&ex);
+                    thread::spawn(move || {
+                        futures_lite::future::block_on(ex.run(async {
+                            let _ = stopped.await;
+                        }))
+                    })
+                };
+                let spawner = {
+                    let ex = Arc::clone(&ex);
+                    Spawner(Arc::new(move |t| Box::pin(ex.spawn(t))))
+                };
+                futures_lite::future::block_on(ex.run(scenario(spawner)));
+                drop(stop);
+                helper.join().unwrap();
+            }
+            Executor::FuturesBlockOn => {
+                let pool = futures::executor::ThreadPool::builder()
+                    .pool_size(2)
+                    .create()
+                    .unwrap();
+                let spawner = Spawner(Arc::new(move |t| {
+                    Box::pin(pool.spawn_with_handle(t).expect("the pool is running"))
+                }));
+                futures::executor::block_on(scenario(spawner));
+            }
+        }
+        let _ = tx.send(());
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(()) => runner.join().unwrap(),
+        Err(mpsc::RecvTimeoutError::Disconnected) => resume_unwind(runner.join().unwrap_err()),
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            panic!("{executor:?}: the scenario did not finish within 60 s: a lost wake-up?")
+        }
+    }
+}
