@@ -205,3 +205,71 @@ impl<T: Copy> Cell<T> {
         self.with_mut(|p| unsafe { *p = value })
     }
 }
+
+/// A task's waker for the async scenarios: it counts its wakes and unparks the thread that
+/// made it ([`thread::current`]). Under loom the park and the unpark are modelled, so a wake
+/// that never comes leaves [`block_on`]'s thread parked for good, and loom reports the
+/// deadlock: that is how a lost wake-up is detected.
+#[derive(Debug)]
+pub struct Wakes {
+    thread: thread::Thread,
+    /// A std atomic, not loom's: the count is the scenario's own bookkeeping, not part of the
+    /// model (loom runs its threads one at a time on one OS thread, so it is exact).
+    count: std::sync::atomic::AtomicUsize,
+}
+
+impl Wakes {
+    /// A waker for the calling thread, and its handle to read the count.
+    pub fn new() -> (std::sync::Arc<Wakes>, std::task::Waker) {
+        let wakes = std::sync::Arc::new(Wakes {
+            thread: thread::current(),
+            count: std::sync::atomic::AtomicUsize::new(0),
+        });
+        (std::sync::Arc::clone(&wakes), wakes.into())
+    }
+
+    /// Wakes so far.
+    pub fn count(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl std::task::Wake for Wakes {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.thread.unpark();
+    }
+}
+
+/// Polls `f` once with `waker`.
+pub fn poll_once<F: std::future::Future + ?Sized>(
+    f: std::pin::Pin<&mut F>,
+    waker: &std::task::Waker,
+) -> std::task::Poll<F::Output> {
+    f.poll(&mut std::task::Context::from_waker(waker))
+}
+
+/// Drives `f` to completion on the calling thread with `waker` (made by [`Wakes::new`] on
+/// this thread), parking between polls: the simplest executor, whose thread sleeps until a
+/// wake. Under loom a lost wake-up is a deadlock.
+pub fn block_on_with<F: std::future::Future + ?Sized>(
+    mut f: std::pin::Pin<&mut F>,
+    waker: &std::task::Waker,
+) -> F::Output {
+    loop {
+        if let std::task::Poll::Ready(out) = poll_once(f.as_mut(), waker) {
+            return out;
+        }
+        thread::park();
+    }
+}
+
+/// [`block_on_with`] a fresh [`Wakes`] waker.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    let (_wakes, waker) = Wakes::new();
+    block_on_with(std::pin::pin!(f), &waker)
+}
