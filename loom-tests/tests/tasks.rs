@@ -6,9 +6,10 @@
 //! the lifecycle word). Each scenario is written once, generic over the counter, and
 //! instantiated for the three kinds at the bottom of the file.
 //!
-//! The executor is `drainable_loom_tests::block_on`: its thread parks between polls and the
-//! waker unparks it, so under loom a wake-up that is lost is a deadlock. A spurious wake is
-//! only another poll.
+//! The executor is `drainable_loom_tests::block_on` (under loom, `loom::future::block_on`):
+//! its thread sleeps between polls until the waker is woken, so under loom a wake-up that is
+//! lost is a deadlock. A spurious wake is only another poll. A future polled once and dropped
+//! gets a waker that only counts (`Wakes`).
 //!
 //! (T1) a waker filed races the last release: the drain completes, after the guard's write;
 //! (T2) a cancelled future races the last release: the drainable is left open, exactly as
@@ -22,7 +23,7 @@
 
 use drainable::{Counter, DrainableWith};
 use drainable_loom_tests::atomic::{AtomicBool, Ordering};
-use drainable_loom_tests::{Cell, Wakes, block_on, block_on_with, model, poll_once, thread};
+use drainable_loom_tests::{Cell, Wakes, block_on, model, poll_once, thread};
 use std::mem::MaybeUninit;
 use std::sync::Arc;
 
@@ -316,8 +317,7 @@ where
         {
             // SAFETY: object 2 is live until dropped below.
             let d2 = unsafe { at.get() };
-            let (_wakes, waker) = Wakes::new();
-            block_on_with(std::pin::pin!(d2.drain_async()), &waker);
+            block_on(d2.drain_async());
             assert_eq!(cell2.get(), 1);
             cell2.set(POISON);
         }
