@@ -187,7 +187,11 @@ where
                 })
             };
             block_on(d.drain_async());
-            assert_eq!(cell.get(), 1, "drain_async completed before the guard's write");
+            assert_eq!(
+                cell.get(),
+                1,
+                "drain_async completed before the guard's write"
+            );
             blocking.join().unwrap();
         } else {
             let (_wakes, waker) = Wakes::new();
@@ -198,7 +202,11 @@ where
             if !completed {
                 block_on(f);
             }
-            assert_eq!(cell.get(), 1, "drain_async completed before the guard's write");
+            assert_eq!(
+                cell.get(),
+                1,
+                "drain_async completed before the guard's write"
+            );
         }
         releaser.join().unwrap();
         assert!(d.is_drained());
@@ -285,7 +293,11 @@ where
         let releaser = release_elsewhere(&d, path);
         block_on(d.drain_async());
         releaser.join().unwrap();
-        assert_eq!(wakes.count(), woken, "a dropped future's waker was woken later");
+        assert_eq!(
+            wakes.count(),
+            woken,
+            "a dropped future's waker was woken later"
+        );
         assert_eq!(cell.get(), 1);
         assert!(d.is_drained());
     });
