@@ -161,9 +161,11 @@ where
 
 /// Whether (T3) runs its blocking drain on a thread of its own, concurrently with the task.
 /// Not on the per-CPU slot path, where two drains' closes and folds on two threads, racing a
-/// release on a third, took over six minutes at bound 4 on 2 cores: there the task's thread
-/// polls its future once, runs the blocking drain, then finishes the future, so that one
-/// release must still wake both (the task's waker and the sleeping thread). The bound stays 4.
+/// release on a third, took 4.5 (T3a) and 6.5 (T3b) minutes at bound 4 on 2 cores. There the
+/// task's thread polls its future once (its close and its filed waker in place), runs the
+/// blocking drain, which the release must wake, then finishes the future, which trades its
+/// pending close in on a drain that the other waiter completed (`DRAINED`). The wake of the
+/// task itself is (T1)'s. The bound stays 4.
 fn blocking_on_its_own_thread(path: Path) -> bool {
     path != Path::Slot
 }
