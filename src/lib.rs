@@ -298,7 +298,6 @@ mod counter;
 #[doc(hidden)]
 pub mod cpu;
 mod drainable;
-mod epilogue;
 mod grace;
 mod lifecycle;
 /// The platform facade's cell, exposed only for the model tests in `loom-tests/`, whose canary
