@@ -6,7 +6,10 @@
 //! Positive cases call a generic `const fn`; negative ones use the ambiguity trick of the
 //! `static_assertions` crate (two blanket impls that collide only if the type has the trait).
 
-use crate::{Drainable, EntryGuard, Guard, OwnedGuard, PerCpu, Shared};
+use crate::{
+    Commit, CommitRemoval, Drain, Drainable, EntryGuard, Guard, OwnedEntryGuard, OwnedGraceGuard,
+    OwnedGuard, PerCpu, Replace, Shared, Synchronize, Unregister, UnregisterAll,
+};
 use std::cell::Cell;
 use std::panic::{RefUnwindSafe, UnwindSafe};
 use std::sync::MutexGuard;
@@ -73,3 +76,28 @@ guards!(PerCpu);
 assert_impl!(Shared: Send, Sync, Unpin, UnwindSafe, RefUnwindSafe);
 assert_impl!(PerCpu: Send, Sync, Unpin, UnwindSafe, RefUnwindSafe);
 assert_impl!(Drainable<i32>: Send, Sync, Unpin, UnwindSafe, RefUnwindSafe);
+
+/// The futures: `Send` and `Sync` when `T: Send + Sync` (a task holding one can move between
+/// an executor's threads), `Unpin` (pollable without pinning); never `Send` for a `T` that is
+/// not. The owned guards held across `.await` are `Send + 'static`.
+macro_rules! futures {
+    ($c:ty) => {
+        assert_impl!(Drain<'static, i32, $c>: Send, Sync, Unpin);
+        assert_impl!(Commit<'static, i32, $c>: Send, Sync, Unpin);
+        assert_impl!(Unregister<'static, i32, $c>: Send, Sync, Unpin);
+        assert_impl!(UnregisterAll<'static, i32, $c>: Send, Sync, Unpin);
+        assert_impl!(CommitRemoval<'static, i32, $c>: Send, Sync, Unpin);
+        assert_impl!(OwnedEntryGuard<i32, $c>: Send, Sync, Unpin);
+        assert_not_impl!(Drain<'static, Cell<i32>, $c>: Send);
+        assert_not_impl!(Unregister<'static, Cell<i32>, $c>: Send);
+        assert_not_impl!(UnregisterAll<'static, Cell<i32>, $c>: Send);
+        assert_not_impl!(OwnedEntryGuard<Cell<i32>, $c>: Send);
+    };
+}
+
+futures!(Shared);
+futures!(PerCpu);
+assert_impl!(Synchronize<'static>: Send, Sync, Unpin);
+assert_impl!(Replace<'static, String>: Send, Sync, Unpin);
+assert_impl!(OwnedGraceGuard<String>: Send, Sync, Unpin);
+assert_not_impl!(OwnedGraceGuard<Cell<i32>>: Send);

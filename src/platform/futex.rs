@@ -62,9 +62,11 @@ pub(crate) fn wait(word: &AtomicU32, expected: u32) {
 pub(crate) fn wake_all(word: *const AtomicU32) {
     #[cfg(all(test, not(drainable_loom)))]
     wakes::count();
-    backend::wake_all(word);
-    // The tasks waiting on the address (`tasks.rs`): a fence and a load when there are none.
+    // The tasks waiting on the address first (`tasks.rs`; a fence and a load when there are
+    // none): a task is then woken a system call sooner, and the futex wake below is the one
+    // that blocked threads need.
     tasks::wake_all(word);
+    backend::wake_all(word);
 }
 
 /// How a wait sleeps once its condition is not met: [`Block`] the thread on the futex, or

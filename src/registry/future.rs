@@ -299,6 +299,14 @@ struct AllEntry<'a, T, C: Counter> {
     wait: SlotWait<C>,
 }
 
+// SAFETY: as `PendingRemoval`'s (`handle.rs`): the drain of one of the registry's slots
+// touches only the slot's counters, which are thread-safe, and the value is moved out only by
+// the poll that completes the future, on whatever thread polls it (`T: Send`); `&AllEntry`
+// exposes nothing.
+unsafe impl<T: Send + Sync, C: Counter> Send for AllEntry<'_, T, C> {}
+// SAFETY: as above.
+unsafe impl<T: Send + Sync, C: Counter> Sync for AllEntry<'_, T, C> {}
+
 /// The future of [`Registry::unregister_all_async`]: closes every entry at its first poll,
 /// completes with all the values; dropped before that, every entry stays registered and the
 /// registrations go to [`Registry::recover`].

@@ -353,7 +353,7 @@ fn wait_record<P: platform::Park>(
         }
     }
     let mut spins = P::SPINS;
-    loop {
+    let waited = loop {
         // Acquire: pairs with the bump in `wake` (the entry cleared before it).
         let seq = record.seq.load(Ordering::Acquire);
         // A drain finished by another waiter, or a reopen, is seen with what led to it.
@@ -375,7 +375,11 @@ fn wait_record<P: platform::Park>(
         {
             break Ok(Err(()));
         }
-    }
+    };
+    // Done with this record (only a task that returns `Pending` above stays announced):
+    // every release on it would otherwise pay a wake while the scan goes on.
+    progress.withdraw();
+    waited
 }
 
 /// Wakes every drainer waiting on a record, so that it re-reads the lifecycle word. Called
