@@ -36,7 +36,11 @@ fn check(cpus: usize) {
     }
 
     let g = GraceDomain::new();
-    assert_eq!(g.heap_bytes(), 0, "a domain takes no slots before its first section");
+    assert_eq!(
+        g.heap_bytes(),
+        0,
+        "a domain takes no slots before its first section"
+    );
     drop(g.enter());
     assert_eq!(g.heap_bytes(), 8 * slots, "the first phase's slots");
     g.synchronize();
