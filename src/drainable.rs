@@ -304,7 +304,8 @@ impl<T, C: Counter> DrainableWith<T, C> {
     /// # Errors
     ///
     /// Gives the `Arc` back if the value was taken already (another owner's `drain_and_take`
-    /// won the race): the only failure, and not a spurious one.
+    /// won the race): the only failure, and not a spurious one. If another owner reopens the
+    /// drainable between this call's drain and its take, it drains again.
     ///
     /// # Panics
     ///
@@ -326,9 +327,16 @@ impl<T, C: Counter> DrainableWith<T, C> {
     /// assert!(other.drain_and_take().is_err()); // taken already
     /// ```
     pub fn drain_and_take(self: Arc<Self>) -> Result<T, Arc<Self>> {
-        self.drain();
-        if !self.state.take() {
-            return Err(self);
+        loop {
+            self.drain();
+            if self.state.take() {
+                break;
+            }
+            if self.state.is_taken() {
+                return Err(self);
+            }
+            // Another owner reopened it after our drain (or our drain returned because an
+            // earlier close ended): drain again.
         }
         // SAFETY: the drain returned, so no guard exists and none can be taken again (the
         // word stays closed: `TAKEN` makes `reopen` refuse), and every access made under a
@@ -814,9 +822,9 @@ impl<T: ?Sized + fmt::Debug, C: Counter> fmt::Debug for Guard<'_, T, C> {
 ///
 /// Not tracked by the debug-build deadlock detector (it can move between threads unseen).
 ///
-/// Dropping one also marks it, in a process-wide table, from before its release until after
-/// its `Arc` is dropped (two atomic adds), which is what lets
-/// [`drain_and_take`](DrainableWith::drain_and_take) tell its `Arc` clone from another owner's.
+/// Dropping one releases it, then drops its `Arc` clone; so right after a drain,
+/// `Arc::try_unwrap` can still see that clone for an instant.
+/// [`drain_and_take`](DrainableWith::drain_and_take) takes the value regardless.
 ///
 /// ```
 /// use drainable::Drainable;

@@ -201,7 +201,10 @@
 //!   [`try_acquire_owned`](Drainable::try_acquire_owned), [`Registry::get_owned`] and
 //!   [`GraceCell::read_owned`], whose guards own an `Arc` and are `Send + 'static`.
 //! - A per-CPU drain makes its `membarrier` system call inside a poll (tens of microseconds);
-//!   everything else in a poll is a few atomic operations, or a short lock.
+//!   where `membarrier` was refused, the signal barrier that replaces it waits at most 1 ms
+//!   per poll (then the task is woken to try again, so a stopped thread never blocks the
+//!   executor, and a timeout still cancels). Everything else in a poll is a few atomic
+//!   operations, or a short lock.
 //!
 //! ```
 //! use drainable::Drainable;
@@ -255,8 +258,8 @@
 //!   gives its count back (which lets `drain` return) and only then drops its `Arc` clone,
 //!   so `drain(); Arc::try_unwrap(d)` can still see that clone. The drain itself is exact:
 //!   dropping your `Arc` is always safe. To get the `T` back, use
-//!   [`drain_and_take`](Drainable::drain_and_take), which waits for those clones and fails
-//!   only if another owner really holds the `Arc`:
+//!   [`drain_and_take`](Drainable::drain_and_take), which moves the value out whatever the
+//!   strong count (other owners keep a drained, empty drainable):
 //!
 //!   ```
 //!   use drainable::Drainable;

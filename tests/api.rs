@@ -1289,3 +1289,41 @@ fn drain_and_take_leaves_other_owners_a_drained_empty_drainable() {
     assert!(msg.contains("value was taken by drain_and_take"), "{msg}");
     assert_eq!(drops.load(Relaxed), 1, "the taken value was dropped twice");
 }
+
+/// A rival owner that keeps reopening cannot make `drain_and_take` fail while the value is
+/// still there: between its drain and its take a reopen may land, and it drains again (before
+/// the fix it returned `Err` with the value inside, within the first few dozen rounds here).
+#[test]
+fn drain_and_take_survives_a_rival_that_reopens() {
+    let rounds = n(200, 10);
+    for round in 0..rounds {
+        let d = Arc::new(Drainable::new(round));
+        let rival = Arc::clone(&d);
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Arc::new(AtomicBool::new(false));
+        let reopener = {
+            let (stop, started) = (Arc::clone(&stop), Arc::clone(&started));
+            thread::spawn(move || {
+                // One reopen per round, as early as it can land: after the drain, before
+                // the take, if the timing falls that way.
+                while !stop.load(Relaxed) {
+                    started.store(true, Relaxed);
+                    if rival.reopen() {
+                        break;
+                    }
+                }
+            })
+        };
+        while !started.load(Relaxed) {
+            thread::yield_now();
+        }
+        let taken = d.drain_and_take();
+        stop.store(true, Relaxed);
+        reopener.join().unwrap();
+        assert_eq!(
+            taken.ok(),
+            Some(round),
+            "round {round}: the value was still inside"
+        );
+    }
+}

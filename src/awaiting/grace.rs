@@ -170,6 +170,25 @@ unsafe impl<T: Send> Send for OldValue<T> {}
 // SAFETY: `&OldValue` gives access to nothing.
 unsafe impl<T: Send> Sync for OldValue<T> {}
 
+/// An unpublished value in the domain's deferred list: the raw pointer it was published as,
+/// boxed and dropped only when the list drops it, after its grace period (Miri's Stacked
+/// Borrows found the earlier `Box`, made while a reader still held `&T`, invalidating that
+/// reference).
+struct Retired<T>(std::ptr::NonNull<T>);
+
+// SAFETY: the list owns the value (nobody else frees it) and only drops it, on the thread that
+// collects it (`T: Send`).
+unsafe impl<T: Send> Send for Retired<T> {}
+
+impl<T> Drop for Retired<T> {
+    fn drop(&mut self) {
+        // SAFETY: from `Box::into_raw` (the cell's pointer), owned by this value alone, dropped
+        // once, here, after the grace period that the domain's list waited for: no reader can
+        // hold a reference into it any more.
+        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+    }
+}
+
 impl<T: Send + 'static> Future for Replace<'_, T> {
     type Output = T;
 
@@ -213,11 +232,10 @@ impl<T: Send + 'static> Drop for Replace<'_, T> {
             domain.stop_waiting();
         }
         if let Some((old, cookie)) = self.old.take() {
-            // SAFETY: the future owns the value, from `Box::into_raw`; it is boxed again here
-            // and handed to the domain, which drops it only after the grace period of
-            // `cookie`, which began after the value was unpublished.
-            let value: Box<T> = unsafe { Box::from_raw(old.0.as_ptr()) };
-            domain.defer_drop(cookie, value);
+            // Readers may still hold `&T` into the value: it stays a raw pointer (a `Box` would
+            // claim it unique) until the domain drops it, after the grace period of `cookie`,
+            // which began after the value was unpublished.
+            domain.defer_drop(cookie, Box::new(Retired(old.0)));
         }
     }
 }

@@ -573,7 +573,8 @@ impl Word {
     #[inline]
     pub(crate) fn is_taken(&self) -> bool {
         // Relaxed: the callers own the drainable exclusively (`&mut` or by value), which
-        // orders them after the take.
+        // orders them after the take, or (`drain_and_take` after a failed take) only ask
+        // whether another take won, which its RMW on this word decided.
         self.0.load(Ordering::Relaxed) & TAKEN != 0
     }
 
@@ -726,6 +727,19 @@ impl Word {
         let mut cur = self.0.load(Ordering::Acquire);
         loop {
             if count(cur) == 0 {
+                if cur & WAITING != 0 {
+                    // Nobody sleeps on a value whose count is zero (a sleeper's value has its
+                    // count above zero), so the flag can go: left set, every later give-back
+                    // that reaches zero would pay a futex wake. A failed CAS means the word
+                    // moved on (a new token): the flag then stays for that grace period.
+                    // Relaxed: only the flag changes.
+                    let _ = self.0.compare_exchange(
+                        cur,
+                        cur & !WAITING,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                }
                 return Ok(true);
             }
             if timed_out {
