@@ -5,6 +5,7 @@ use super::{GraceDomain, ReadSection};
 use crate::lifecycle::track;
 use crate::platform::{self, Mutex, MutexGuard, Ordering};
 use std::fmt;
+use std::marker::PhantomData;
 use std::ops::Deref;
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -117,10 +118,11 @@ impl<T> GraceCell<T> {
         // Acquire: pairs with the writer's swap (publish → reader).
         let ptr = self.ptr.load(Ordering::Acquire);
         GraceGuard {
-            // SAFETY: the pointer came from `Box::into_raw` and is freed only after a grace
-            // period that began after it was unpublished; this section began before that.
-            value: unsafe { &*ptr },
+            // SAFETY: from `Box::into_raw`, never null. It is freed only after a grace period
+            // that began after it was unpublished; this section began before that.
+            value: unsafe { NonNull::new_unchecked(ptr) },
             _section: section,
+            _value: PhantomData,
         }
     }
 
@@ -372,16 +374,27 @@ impl<T: fmt::Debug> fmt::Debug for GraceCell<T> {
 /// ```
 #[must_use = "the value is readable only while the guard lives"]
 pub struct GraceGuard<'a, T> {
-    value: &'a T,
+    /// A pointer, not a `&'a T`: a reference field of a guard passed by value to `drop` stays
+    /// protected until that call returns, after the section has ended, while a writer may
+    /// already be freeing the value (Stacked Borrows reports that). The release-path rule of
+    /// `docs/design.md` section 4, for the value.
+    value: NonNull<T>,
     _section: ReadSection<'a>,
+    _value: PhantomData<&'a T>,
 }
+
+// SAFETY: a shared `&GraceGuard` gives `&T` only, as the `&'a T` it stands for would
+// (`T: Sync`); its section is `Sync` (a `&ReadSection` gives access to nothing).
+unsafe impl<T: Sync> Sync for GraceGuard<'_, T> {}
 
 impl<T> Deref for GraceGuard<'_, T> {
     type Target = T;
 
     #[inline]
     fn deref(&self) -> &T {
-        self.value
+        // SAFETY: loaded inside the section, which the value outlives (see `read`); the
+        // returned reference borrows the guard, so it cannot outlive the section.
+        unsafe { self.value.as_ref() }
     }
 }
 
@@ -393,7 +406,7 @@ impl<T: fmt::Debug> fmt::Debug for GraceGuard<'_, T> {
     /// assert_eq!(format!("{:?}", c.read()), "7");
     /// ```
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self.value, f)
+        fmt::Debug::fmt(&**self, f)
     }
 }
 
