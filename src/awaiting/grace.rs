@@ -1,7 +1,7 @@
 //! [`GraceDomain::synchronize_async`] and [`GraceCell::replace_async`]: grace periods as
 //! futures.
 
-use crate::grace::{GraceCell, GraceCookie, GraceDomain};
+use crate::grace::{GraceCell, GraceCookie, GraceDomain, Retired};
 use crate::platform::TaskWaiter;
 use std::fmt;
 use std::future::Future;
@@ -114,10 +114,9 @@ impl<T: Send + 'static> GraceCell<T> {
     /// - **Lazy**: nothing is published until the first poll; dropped unpolled, the future
     ///   drops `value` and the cell is unchanged.
     /// - **Cancellation never frees too early**: dropped after it published but before it
-    ///   completed, the future hands the old value to the cell's [`GraceDomain`], which drops it
-    ///   once the grace period has ended: in the first later call on the domain that finds it
-    ///   ended (a read does not count; `synchronize`, a poll, a replace do), on that caller's
-    ///   thread, or with the domain. That is why `T: Send + 'static`.
+    ///   completed, the future hands the old value to the cell's [`GraceDomain`] as
+    ///   [`GraceDomain::retire`] does (its drop runs where and when `retire`'s docs say), but
+    ///   never blocks, even on a full backlog. That is why `T: Send + 'static`.
     /// - The first poll waits for other writers' swaps (the cell's writer lock, held only for
     ///   a swap or an [`update`](Self::update)'s closure; never across an `.await`, so the
     ///   future is `Send`).
@@ -212,12 +211,11 @@ impl<T: Send + 'static> Drop for Replace<'_, T> {
         if self.parked && self.old.is_some() {
             domain.stop_waiting();
         }
-        if let Some((old, cookie)) = self.old.take() {
-            // SAFETY: the future owns the value, from `Box::into_raw`; it is boxed again here
-            // and handed to the domain, which drops it only after the grace period of
-            // `cookie`, which began after the value was unpublished.
-            let value: Box<T> = unsafe { Box::from_raw(old.0.as_ptr()) };
-            domain.defer_drop(cookie, value);
+        if let Some((old, _)) = self.old.take() {
+            // SAFETY: the future owns the value, from `Box::into_raw`, unpublished by the first
+            // poll's swap; it passes to the domain, which rebuilds the box and drops it only
+            // after a grace period that starts after this call.
+            domain.defer_drop(unsafe { Retired::from_raw(old.0.as_ptr()) });
         }
     }
 }
