@@ -10,9 +10,8 @@
 
 use crate::counter::sealed::CounterImpl;
 use crate::counter::{Close, Counter, Outstanding, PerCpu, Shared};
-use crate::epilogue;
 use crate::lifecycle::{self, Hold, Open, Phase, Refused, Word, track};
-use crate::platform::{self, Ordering, Pending, Task, TaskWaiter};
+use crate::platform::{Ordering, Pending, Task, TaskWaiter};
 use std::error::Error;
 use std::fmt;
 use std::marker::PhantomData;
@@ -120,7 +119,9 @@ pub struct DrainableWith<T: ?Sized, C: Counter = Shared> {
     counter: C,
     /// The debug-build deadlock detector's key (zero-sized in release builds).
     key: track::Key,
-    pub(crate) value: T,
+    /// Dropped with the drainable unless [`drain_and_take`](DrainableWith::drain_and_take)
+    /// moved it out (the word's `TAKEN` bit; see `Drop`).
+    value: ManuallyDrop<T>,
 }
 
 /// A drainable whose guards are counted in its one lifecycle word: see [`DrainableWith`] for
@@ -220,7 +221,7 @@ impl<T> DrainableWith<T, Shared> {
                 state: Word::new(),
                 counter: Shared,
                 key: track::Key::new(),
-                value,
+                value: ManuallyDrop::new(value),
             }
         }
     }
@@ -238,7 +239,7 @@ impl<T> DrainableWith<T, PerCpu> {
             state: Word::new(),
             counter: PerCpu::new_counter(),
             key: track::Key::new(),
-            value,
+            value: ManuallyDrop::new(value),
         }
     }
 }
@@ -251,7 +252,7 @@ impl<T, C: Counter> DrainableWith<T, C> {
             state: Word::new_drained(),
             counter: C::new_drained_counter(),
             key: track::Key::new(),
-            value,
+            value: ManuallyDrop::new(value),
         }
     }
 
@@ -262,25 +263,46 @@ impl<T, C: Counter> DrainableWith<T, C> {
     /// let d = drainable::Drainable::new(String::from("data"));
     /// assert_eq!(d.into_inner(), "data");
     /// ```
+    ///
+    /// # Panics
+    ///
+    /// If the value was taken by [`drain_and_take`](Self::drain_and_take) (this is another
+    /// owner's `Arc` of that drainable): there is no value left.
+    #[track_caller]
     pub fn into_inner(self) -> T {
-        self.value
+        if self.state.is_taken() {
+            taken("into_inner");
+        }
+        let mut this = ManuallyDrop::new(self);
+        // SAFETY: `this` is never dropped, so the value is moved out once, here (not taken:
+        // checked above); the counter and the key are dropped in place below, once.
+        unsafe {
+            let value = ManuallyDrop::take(&mut this.value);
+            ptr::drop_in_place(&mut this.counter);
+            ptr::drop_in_place(&mut this.key);
+            value
+        }
     }
 
-    /// Drains, then takes the value out of the `Arc`: the way to free a drainable shared by
-    /// `Arc` and get its `T` back. Unlike "`drain()`, then `Arc::try_unwrap`", it does not
-    /// fail because an [`OwnedGuard`] dropped on another thread has released (letting the
-    /// drain return) but not yet dropped its `Arc` clone: it waits for such guards.
+    /// Drains, then moves the value out of the `Arc`: the way to get the `T` of a drainable
+    /// shared by `Arc` back once its users are gone. Unlike "`drain()`, then `Arc::try_unwrap`",
+    /// it never fails because an [`OwnedGuard`] dropped on another thread has given its count
+    /// back (letting the drain return) but not yet dropped its `Arc` clone, nor because other
+    /// `Arc`s exist: the drain is what proves no one can read the value, not the strong count.
     ///
-    /// Blocking: the drain (see [`drain`](Self::drain)), then a spin, yielding past a few
-    /// rounds, while owned guards are between their release and their `Arc` drop (a few
-    /// instructions, unless their thread is preempted there). It waits for nothing else.
+    /// The drainable stays behind, drained, for the other `Arc` owners: closed for good
+    /// ([`try_acquire`](Self::try_acquire) returns `None`, [`reopen`](Self::reopen) refuses),
+    /// without a value ([`get_mut`](Self::get_mut) and [`into_inner`](Self::into_inner) panic
+    /// on it, its `Drop` drops no value). Owned guards are unaffected: their drop releases, then
+    /// drops their `Arc`, as always, and costs nothing more.
+    ///
+    /// Blocking, as [`drain`](Self::drain), then one read-modify-write of the word.
     ///
     /// # Errors
     ///
-    /// Gives the `Arc` back, drained, if another strong reference is held that is not an
-    /// owned guard's: another `Arc` clone (including one that a thread keeps after dropping
-    /// a [`Guard`] it borrowed from it). `Weak` references do not stop it (as with
-    /// `Arc::try_unwrap`); they fail to upgrade afterwards.
+    /// Gives the `Arc` back if the value was taken already (another owner's `drain_and_take`
+    /// won the race): the only failure, and not a spurious one. If another owner reopens the
+    /// drainable between this call's drain and its take, it drains again.
     ///
     /// # Panics
     ///
@@ -293,38 +315,33 @@ impl<T, C: Counter> DrainableWith<T, C> {
     ///
     /// let d = Arc::new(Drainable::new(vec![1, 2, 3]));
     /// let guards: Vec<_> = (0..4).map(|_| d.try_acquire_owned().unwrap()).collect();
+    /// let other = Arc::clone(&d); // another owner, say a metrics task
     /// let t = thread::spawn(move || drop(guards)); // released (and their Arcs dropped) there
-    /// let data = d.drain_and_take().unwrap(); // never fails for the guards' sake
+    /// let data = Arc::clone(&d).drain_and_take().unwrap(); // waits for the guards, never fails for them
     /// assert_eq!(data, [1, 2, 3]);
     /// t.join().unwrap();
-    ///
-    /// let d = Arc::new(Drainable::new(()));
-    /// let other = Arc::clone(&d); // a genuine other owner
-    /// let d = d.drain_and_take().unwrap_err();
-    /// assert!(d.is_drained());
-    /// # drop(other);
+    /// assert!(other.try_acquire().is_none() && !other.reopen()); // drained for good
+    /// assert!(other.drain_and_take().is_err()); // taken already
     /// ```
     pub fn drain_and_take(self: Arc<Self>) -> Result<T, Arc<Self>> {
-        self.drain();
-        let addr = Arc::as_ptr(&self).cast::<()>().addr();
-        let mut this = self;
-        let mut round = 0u32;
         loop {
-            // Read before the unwrap: a zero here means every owned guard whose release the
-            // drain saw has dropped its `Arc`, visibly to the unwrap (`epilogue.rs`).
-            let quiet = epilogue::quiet(addr);
-            match Arc::try_unwrap(this) {
-                Ok(drainable) => return Ok(drainable.into_inner()),
-                Err(arc) if quiet => return Err(arc),
-                Err(arc) => this = arc,
+            self.drain();
+            if self.state.take() {
+                break;
             }
-            if round < platform::SPIN_LIMIT {
-                platform::spin_hint();
-            } else {
-                platform::yield_thread();
+            if self.state.is_taken() {
+                return Err(self);
             }
-            round = round.saturating_add(1);
+            // Another owner reopened it after our drain (or our drain returned because an
+            // earlier close ended): drain again.
         }
+        // SAFETY: the drain returned, so no guard exists and none can be taken again (the
+        // word stays closed: `TAKEN` makes `reopen` refuse), and every access made under a
+        // guard happened before; the `take` RMW made this call the one owner of the value,
+        // which nothing reads without a guard (`Debug` takes one; `get_mut` and `into_inner`
+        // need the only `Arc` and check `TAKEN`; `Drop` checks it too). So the value is moved
+        // out exactly once, here, and never touched again.
+        Ok(unsafe { ptr::read(&*self.value) })
     }
 }
 
@@ -343,7 +360,7 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
     ///
     /// # Panics
     ///
-    /// For a [`Drainable`], if about 33 million guards of it are outstanding at once (the count
+    /// For a [`Drainable`], if about 16 million guards of it are outstanding at once (the count
     /// never wraps). A [`PerCpuDrainable`] counts in 63 bits per slot and does not reach a limit
     /// in practice.
     ///
@@ -578,7 +595,15 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
     /// *d.get_mut() += 1;
     /// assert_eq!(*d.try_acquire().unwrap(), 2);
     /// ```
+    ///
+    /// # Panics
+    ///
+    /// If the value was taken by [`drain_and_take`](Self::drain_and_take).
+    #[track_caller]
     pub fn get_mut(&mut self) -> &mut T {
+        if self.state.is_taken() {
+            taken("get_mut");
+        }
         &mut self.value
     }
 
@@ -611,6 +636,27 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
     }
 }
 
+/// The value goes with the drainable, unless `drain_and_take` moved it out.
+impl<T: ?Sized, C: Counter> Drop for DrainableWith<T, C> {
+    fn drop(&mut self) {
+        if !self.state.is_taken() {
+            // SAFETY: not taken, so the value is still here; `&mut self` in `drop`: nobody
+            // else can reach it, and it is dropped once.
+            unsafe { ManuallyDrop::drop(&mut self.value) };
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn taken(op: &str) -> ! {
+    panic!(
+        "drainable: {op} on a drainable whose value was taken by drain_and_take (this is \
+         another owner's Arc of it: the drainable is drained for good and holds no value)"
+    );
+}
+
 #[cold]
 #[inline(never)]
 #[track_caller]
@@ -633,7 +679,7 @@ impl<T: Default, C: Counter> Default for DrainableWith<T, C> {
             state: Word::new(),
             counter: C::new_counter(),
             key: track::Key::new(),
-            value: T::default(),
+            value: ManuallyDrop::new(T::default()),
         }
     }
 }
@@ -650,13 +696,14 @@ impl<T, C: Counter> From<T> for DrainableWith<T, C> {
             state: Word::new(),
             counter: C::new_counter(),
             key: track::Key::new(),
-            value,
+            value: ManuallyDrop::new(value),
         }
     }
 }
 
 impl<T: ?Sized + fmt::Debug, C: Counter> fmt::Debug for DrainableWith<T, C> {
-    /// Shows the phase, the outstanding guard count and the value.
+    /// Shows the phase, the outstanding guard count and, while the drainable is open, the
+    /// value (read under a guard, as a reader would; a closed drainable shows `..`).
     ///
     /// ```
     /// let d = drainable::Drainable::new(3);
@@ -668,11 +715,21 @@ impl<T: ?Sized + fmt::Debug, C: Counter> fmt::Debug for DrainableWith<T, C> {
     /// ```
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let word = self.state.load(Ordering::Relaxed);
-        f.debug_struct(C::NAME)
-            .field("state", &lifecycle::phase(word))
-            .field("outstanding", &self.counter.outstanding(word))
-            .field("value", &&self.value)
-            .finish()
+        let mut s = f.debug_struct(C::NAME);
+        s.field("state", &lifecycle::phase(word))
+            .field("outstanding", &self.counter.outstanding(word));
+        // The value is read under a guard, like any reader's: a closed drainable's value may
+        // be on its way out (`drain_and_take`).
+        match self.counter.try_acquire_owned(&self.state) {
+            Ok(ticket) => {
+                s.field("value", &&*self.value);
+                // SAFETY: the count was taken just above, released once, here; `&self` keeps
+                // the drainable alive across the call.
+                unsafe { C::release(&self.counter, &self.state, ticket) };
+                s.finish()
+            }
+            Err(_) => s.finish_non_exhaustive(),
+        }
     }
 }
 
@@ -757,9 +814,9 @@ impl<T: ?Sized + fmt::Debug, C: Counter> fmt::Debug for Guard<'_, T, C> {
 ///
 /// Not tracked by the debug-build deadlock detector (it can move between threads unseen).
 ///
-/// Dropping one also marks it, in a process-wide table, from before its release until after
-/// its `Arc` is dropped (two atomic adds), which is what lets
-/// [`drain_and_take`](DrainableWith::drain_and_take) tell its `Arc` clone from another owner's.
+/// Dropping one releases it, then drops its `Arc` clone; so right after a drain,
+/// `Arc::try_unwrap` can still see that clone for an instant.
+/// [`drain_and_take`](DrainableWith::drain_and_take) takes the value regardless.
 ///
 /// ```
 /// use drainable::Drainable;
@@ -775,7 +832,7 @@ impl<T: ?Sized + fmt::Debug, C: Counter> fmt::Debug for Guard<'_, T, C> {
 /// ```
 #[must_use = "a guard that is not kept is released at once"]
 pub struct OwnedGuard<T: ?Sized, C: Counter = Shared> {
-    /// Dropped by hand in `Drop`, after the release and before the epilogue is left.
+    /// Dropped by hand in `Drop`, after the release.
     drainable: ManuallyDrop<Arc<DrainableWith<T, C>>>,
     ticket: C::Ticket,
 }
@@ -810,9 +867,6 @@ impl<T: ?Sized, C: Counter> Drop for OwnedGuard<T, C> {
     #[inline]
     fn drop(&mut self) {
         let ptr = Arc::as_ptr(&self.drainable);
-        // Marked before the release, left after the `Arc` drop: a `drain_and_take` that the
-        // release lets through waits for this guard's strong reference to go (`epilogue.rs`).
-        let epilogue = epilogue::enter(ptr.cast::<()>().addr());
         // SAFETY: the `Arc` keeps the drainable alive until after the release.
         let (word, counter) =
             unsafe { (ptr::addr_of!((*ptr).state), ptr::addr_of!((*ptr).counter)) };
@@ -820,9 +874,6 @@ impl<T: ?Sized, C: Counter> Drop for OwnedGuard<T, C> {
         unsafe { C::release(counter, word, self.ticket) };
         // SAFETY: taken once, here, and the field is never used again (this is its drop).
         drop(unsafe { ManuallyDrop::take(&mut self.drainable) });
-        // Touches only the process-wide table, never the drainable (which the `Arc` drop
-        // above may have freed).
-        epilogue.leave();
     }
 }
 

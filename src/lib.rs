@@ -161,7 +161,7 @@
 //! DRAINABLE_NO_MEMBARRIER=1 cargo run --release --example module_unload  # slots only
 //! ```
 //!
-//! `docs/design.md` §10 in the repository has each backend and its limits.
+//! The [design document](design) (`docs/design.md`), §10, has each backend and its limits.
 //!
 //! # Async
 //!
@@ -201,7 +201,10 @@
 //!   [`try_acquire_owned`](Drainable::try_acquire_owned), [`Registry::get_owned`] and
 //!   [`GraceCell::read_owned`], whose guards own an `Arc` and are `Send + 'static`.
 //! - A per-CPU drain makes its `membarrier` system call inside a poll (tens of microseconds);
-//!   everything else in a poll is a few atomic operations, or a short lock.
+//!   where `membarrier` was refused, the signal barrier that replaces it waits at most 1 ms
+//!   per poll (then the task is woken to try again, so a stopped thread never blocks the
+//!   executor, and a timeout still cancels). Everything else in a poll is a few atomic
+//!   operations, or a short lock.
 //!
 //! ```
 //! use drainable::Drainable;
@@ -255,8 +258,8 @@
 //!   gives its count back (which lets `drain` return) and only then drops its `Arc` clone,
 //!   so `drain(); Arc::try_unwrap(d)` can still see that clone. The drain itself is exact:
 //!   dropping your `Arc` is always safe. To get the `T` back, use
-//!   [`drain_and_take`](Drainable::drain_and_take), which waits for those clones and fails
-//!   only if another owner really holds the `Arc`:
+//!   [`drain_and_take`](Drainable::drain_and_take), which moves the value out whatever the
+//!   strong count (other owners keep a drained, empty drainable):
 //!
 //!   ```
 //!   use drainable::Drainable;
@@ -276,7 +279,7 @@
 //!   (`try_acquire` returns `None`, [`reopen`](Drainable::reopen) is refused), though a drain
 //!   still completes. Dropping a `PendingDrain` (or a [`PendingRemoval`]) undoes it.
 //!
-//! See `docs/design.md` in the repository for the state machine, the word layout and each
+//! See the [design document](design) (`docs/design.md`) for the state machine, the word layout and each
 //! ordering. The idea has a long history: proposed on linux-kernel in 2003 for module
 //! unloading, then built as
 //! [Windows rundown protection](https://learn.microsoft.com/en-us/windows-hardware/drivers/kernel/run-down-protection)
@@ -298,7 +301,6 @@ mod counter;
 #[doc(hidden)]
 pub mod cpu;
 mod drainable;
-mod epilogue;
 mod grace;
 mod lifecycle;
 /// The platform facade's cell, exposed only for the model tests in `loom-tests/`, whose canary
@@ -334,3 +336,11 @@ mod tests;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The design document, `docs/design.md` in the repository: the lifecycle state machine, the
+/// word layout, each memory ordering and what it pairs with, the wait and wake protocols, the
+/// per-CPU counter, grace periods, the registry, the async waits, and how each is verified.
+/// It names files and items of the source; none of it is API.
+#[doc = include_str!("../docs/design.md")]
+#[allow(rustdoc::broken_intra_doc_links)]
+pub mod design {}

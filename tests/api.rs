@@ -1242,21 +1242,88 @@ fn drain_and_take_never_fails_for_owned_guards_per_cpu() {
     drain_and_take_races_owned_guard_drops(drainable::PerCpuDrainable::new);
 }
 
-/// Its only failure is a genuine other strong reference, and it does not wait for one; a
-/// `Weak` does not stop it.
+/// Other owners do not stop it: they keep a drained drainable without a value, on which
+/// `reopen` refuses and `get_mut` / `into_inner` panic; its only failure is a second take. The
+/// value is dropped exactly once, by whoever took it, and never by the drainable left behind.
 #[test]
-fn drain_and_take_fails_only_for_a_genuine_owner() {
-    let d = Arc::new(Drainable::new(String::from("v")));
+fn drain_and_take_leaves_other_owners_a_drained_empty_drainable() {
+    #[derive(Debug)]
+    struct Counted(Arc<AtomicUsize>);
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Relaxed);
+        }
+    }
+    let drops = Arc::new(AtomicUsize::new(0));
+    let d = Arc::new(Drainable::new(Counted(Arc::clone(&drops))));
     let other = Arc::clone(&d);
     let g = other.try_acquire_owned().unwrap();
     let t = thread::spawn(move || drop(g));
-    let d = d.drain_and_take().unwrap_err();
-    assert!(d.is_drained(), "it drained before it failed");
-    assert_eq!(Arc::strong_count(&d), 2, "only the genuine owner is left");
+    let Ok(value) = d.drain_and_take() else {
+        panic!("another owner stopped the take");
+    };
     t.join().unwrap();
-    drop(other);
-    let weak = Arc::downgrade(&d);
-    assert!(d.reopen());
-    assert_eq!(d.drain_and_take().unwrap(), "v");
-    assert!(weak.upgrade().is_none());
+    assert!(other.is_drained() && other.try_acquire().is_none());
+    assert!(
+        !other.reopen(),
+        "a drainable whose value was taken reopened"
+    );
+    assert_eq!(
+        format!("{other:?}"),
+        "Drainable { state: Drained, outstanding: 0, .. }"
+    );
+    let Err(other) = other.drain_and_take() else {
+        panic!("taken twice");
+    };
+    assert_eq!(drops.load(Relaxed), 0);
+    drop(value);
+    assert_eq!(drops.load(Relaxed), 1);
+    let mut shell = Arc::try_unwrap(other).ok().unwrap();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = shell.get_mut();
+    }));
+    assert!(r.is_err(), "get_mut on a taken drainable did not panic");
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shell.into_inner()));
+    let msg = r.err().unwrap();
+    let msg = msg.downcast_ref::<String>().unwrap();
+    assert!(msg.contains("value was taken by drain_and_take"), "{msg}");
+    assert_eq!(drops.load(Relaxed), 1, "the taken value was dropped twice");
+}
+
+/// A rival owner that keeps reopening cannot make `drain_and_take` fail while the value is
+/// still there: between its drain and its take a reopen may land, and it drains again (before
+/// the fix it returned `Err` with the value inside, within the first few dozen rounds here).
+#[test]
+fn drain_and_take_survives_a_rival_that_reopens() {
+    let rounds = n(200, 10);
+    for round in 0..rounds {
+        let d = Arc::new(Drainable::new(round));
+        let rival = Arc::clone(&d);
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Arc::new(AtomicBool::new(false));
+        let reopener = {
+            let (stop, started) = (Arc::clone(&stop), Arc::clone(&started));
+            thread::spawn(move || {
+                // One reopen per round, as early as it can land: after the drain, before
+                // the take, if the timing falls that way.
+                while !stop.load(Relaxed) {
+                    started.store(true, Relaxed);
+                    if rival.reopen() {
+                        break;
+                    }
+                }
+            })
+        };
+        while !started.load(Relaxed) {
+            thread::yield_now();
+        }
+        let taken = d.drain_and_take();
+        stop.store(true, Relaxed);
+        reopener.join().unwrap();
+        assert_eq!(
+            taken.ok(),
+            Some(round),
+            "round {round}: the value was still inside"
+        );
+    }
 }

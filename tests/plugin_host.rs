@@ -14,16 +14,24 @@ mod plugin;
 
 use drainable::Registry;
 use plugin::{Plugin, Scratch, build_plugins, is_loaded, is_unmapped, mappings};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Acquire, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// The built libraries, once per test process.
-fn libraries() -> &'static [(u32, PathBuf)] {
+/// The built libraries, once per test process; `None` outside a clone of the repository (the
+/// published package does not ship `plugins/`), where these tests have nothing to load.
+fn libraries() -> Option<&'static [(u32, PathBuf)]> {
     static LIBS: OnceLock<Vec<(u32, PathBuf)>> = OnceLock::new();
-    LIBS.get_or_init(|| build_plugins().unwrap_or_else(|e| panic!("{e}")))
+    if !Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("plugins")
+        .is_dir()
+    {
+        eprintln!("no plugins/ here (a published package): nothing to load, test skipped");
+        return None;
+    }
+    Some(LIBS.get_or_init(|| build_plugins().unwrap_or_else(|e| panic!("{e}"))))
 }
 
 /// One test at a time maps and unmaps libraries: a read of /proc/self/maps that races an
@@ -36,11 +44,12 @@ fn serial() -> MutexGuard<'static, ()> {
 #[test]
 fn load_call_unregister_unload_and_the_library_is_gone() {
     let _serial = serial();
+    let Some(libs) = libraries() else { return };
     let mut scratch = Scratch::new().unwrap();
     let registry: Arc<Registry<Plugin>> = Arc::new(Registry::new());
     let mut paths = Vec::new();
     let mut handles = Vec::new();
-    for (version, lib) in libraries() {
+    for (version, lib) in libs {
         let path = scratch.fresh_copy(lib, *version).unwrap();
         let plugin = Plugin::load(&path, *version).unwrap();
         assert_eq!(plugin.name, format!("demo plugin v{version}"));
@@ -105,8 +114,9 @@ fn load_call_unregister_unload_and_the_library_is_gone() {
 #[test]
 fn a_thread_local_destructor_keeps_an_unloaded_library_mapped() {
     let _serial = serial();
+    let Some(libs) = libraries() else { return };
     let mut scratch = Scratch::new().unwrap();
-    let (version, lib) = &libraries()[2];
+    let (version, lib) = &libs[2];
     let path = scratch.fresh_copy(lib, *version).unwrap();
     let registry: Arc<Registry<Plugin>> = Arc::new(Registry::new());
     let handle = registry.register(Plugin::load(&path, *version).unwrap());

@@ -144,6 +144,58 @@ fn a_timed_drain_keeps_its_deadline_while_a_thread_blocks_the_signal() {
     println!("{MARKER}");
 }
 
+/// The async form of the test above: a poll of `drain_async` never blocks its executor on the
+/// barrier while a thread blocks the signal (the poll returns `Pending`, and the future can be
+/// dropped: that is how a timeout cancels it); once the thread unblocks, it completes. Before
+/// the fix, the first poll waited inside the barrier until the thread unblocked, so this test's
+/// poll would not return and the child's watchdog would fail it.
+#[test]
+fn a_drain_async_poll_does_not_block_while_a_thread_blocks_the_signal() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    if !child::in_child() {
+        child::expect_child(
+            "a_drain_async_poll_does_not_block_while_a_thread_blocks_the_signal",
+            &[FORCE],
+            MARKER,
+        );
+        return;
+    }
+    child::setup(Duration::from_secs(60));
+    let d = PerCpuDrainable::new(());
+    let (blocked_tx, blocked_rx) = mpsc::channel();
+    let (unblock_tx, unblock_rx) = mpsc::channel::<()>();
+    thread::scope(|s| {
+        let d = &d;
+        s.spawn(move || {
+            drop(d.try_acquire().expect("open")); // this thread now owns a record
+            let set = rt_signals();
+            sigmask(libc::SIG_BLOCK, &set);
+            blocked_tx.send(()).unwrap();
+            let _ = unblock_rx.recv();
+            sigmask(libc::SIG_UNBLOCK, &set);
+        });
+        blocked_rx.recv().unwrap();
+        if child::records_expected(true) {
+            let mut cx = Context::from_waker(Waker::noop());
+            let mut f = Box::pin(d.drain_async());
+            for _ in 0..3 {
+                assert_eq!(
+                    f.as_mut().poll(&mut cx),
+                    Poll::Pending,
+                    "the barrier cannot have completed while the thread blocks the signal"
+                );
+            }
+            drop(f); // cancelled, as by a timeout
+            assert!(d.is_open(), "a cancelled drain_async reopens");
+        }
+        unblock_tx.send(()).unwrap();
+        pollster::block_on(d.drain_async());
+        assert!(d.is_drained());
+    });
+    println!("{MARKER}");
+}
+
 /// An application that installs a handler of its own on the barrier's signal after the
 /// barrier took it: no thread acknowledges any more, and there is no sound barrier left. The
 /// drain must say so (a panic naming the signal and `DRAINABLE_SIGNAL`), not wait forever.

@@ -205,3 +205,76 @@ impl<T: Copy> Cell<T> {
         self.with_mut(|p| unsafe { *p = value })
     }
 }
+
+/// A waker for the async scenarios that only counts its wakes: for a future polled by hand
+/// (once, then dropped), whose task nobody runs again. The wakes a scenario may see are then
+/// exact (loom runs its threads one at a time on one OS thread, so a std atomic is exact; it is
+/// the scenario's bookkeeping, not part of the model).
+///
+/// It does not unpark a thread: loom's `Thread::unpark` makes a thread that is blocked on a
+/// loom `Mutex` runnable, and loom then panics with "expected to be able to acquire lock"
+/// when that thread resumes with the mutex still held. [`block_on`] uses loom's own executor.
+#[derive(Debug, Default)]
+pub struct Wakes {
+    count: std::sync::atomic::AtomicUsize,
+}
+
+impl Wakes {
+    /// A counting waker, and its handle to read the count.
+    pub fn new() -> (std::sync::Arc<Wakes>, std::task::Waker) {
+        let wakes = std::sync::Arc::new(Wakes::default());
+        (std::sync::Arc::clone(&wakes), wakes.into())
+    }
+
+    /// Wakes so far.
+    pub fn count(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl std::task::Wake for Wakes {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Polls `f` once with `waker`.
+pub fn poll_once<F: std::future::Future + ?Sized>(
+    f: std::pin::Pin<&mut F>,
+    waker: &std::task::Waker,
+) -> std::task::Poll<F::Output> {
+    f.poll(&mut std::task::Context::from_waker(waker))
+}
+
+/// Drives `f` to completion on the calling thread, sleeping between polls until a wake.
+///
+/// Under loom, `loom::future::block_on`: its thread waits on a modelled notification that the
+/// waker sets, so a wake-up that never comes is a loom deadlock (spurious wakes are explored
+/// too). On real threads, a loop that parks the thread, with a waker that unparks it.
+#[cfg(drainable_loom)]
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    loom::future::block_on(f)
+}
+
+/// Drives `f` to completion on the calling thread, sleeping between polls until a wake.
+#[cfg(not(drainable_loom))]
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::sync::Arc::new(Unpark(std::thread::current())).into();
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(out) = poll_once(f.as_mut(), &waker) {
+            return out;
+        }
+        std::thread::park();
+    }
+}

@@ -101,3 +101,29 @@ fn closes_racing_across_the_limit_stay_counted() {
         assert!(d.reopen(), "a close was left behind");
     });
 }
+
+/// `drain_and_take` races an owned guard dropped on another thread (its release, then its
+/// `Arc` drop) and a second owner's `drain_and_take`: exactly one take wins, it never fails for
+/// the guard's sake, the guard's write is visible to the winner, and the value is dropped once.
+#[test]
+fn drain_and_take_races_an_owned_guard_and_another_take() {
+    use drainable_loom_tests::{Cell, model, spawn_with};
+    use std::sync::Arc;
+
+    model(|| {
+        let d = Arc::new(Drainable::new(Cell::new(0u32)));
+        let guard = d.try_acquire_owned().expect("open");
+        let holder = spawn_with(guard, |guard| {
+            guard.set(7);
+            drop(guard);
+        });
+        let rival = spawn_with(Arc::clone(&d), |d| d.drain_and_take().ok().map(|c| c.get()));
+        let mine = d.drain_and_take().ok().map(|c| c.get());
+        let theirs = rival.join().unwrap();
+        holder.join().unwrap();
+        match (mine, theirs) {
+            (Some(v), None) | (None, Some(v)) => assert_eq!(v, 7, "the guard's write was lost"),
+            other => panic!("not exactly one take won: {other:?}"),
+        }
+    });
+}

@@ -33,7 +33,10 @@ impl<T: ?Sized, C: Counter> DrainableWith<T, C> {
     ///   nothing extra. The future is `Send` when `T: Sync`, and `Unpin`.
     ///
     /// A [`PerCpuDrainable`](crate::PerCpuDrainable) makes its `membarrier` system call inside
-    /// a poll (tens of microseconds), as its blocking drain does.
+    /// a poll (tens of microseconds), as its blocking drain does. Where `membarrier` was
+    /// refused, its replacement (a signal barrier, which waits for other threads to answer a
+    /// signal) waits at most 1 ms per poll, then wakes the task to try again: a stopped thread
+    /// delays the drain, never the executor thread.
     ///
     /// # Deadlocks
     ///

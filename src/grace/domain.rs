@@ -891,6 +891,36 @@ mod tests {
 
     use crate::test_support::hold_on_thread;
 
+    /// A grace period whose waiter slept leaves no `WAITING` behind: left up, every later
+    /// grace period's last give-back would pay a futex wake with nobody waiting.
+    #[test]
+    fn a_slept_grace_period_takes_waiting_down() {
+        let d = GraceDomain::new();
+        thread::scope(|s| {
+            let release = hold_on_thread(s, || d.enter());
+            let sync = s.spawn(|| d.synchronize());
+            while !d.word.is_waiting() {
+                thread::yield_now();
+            }
+            drop(release);
+            sync.join().unwrap();
+        });
+        assert!(
+            !d.word.is_waiting(),
+            "WAITING stayed up after the grace period"
+        );
+        let before = crate::platform::wakes::made();
+        for _ in 0..10 {
+            let cookie = d.start_grace_period();
+            assert!(d.poll_grace_period(cookie) || d.poll_grace_period(cookie));
+        }
+        assert_eq!(
+            crate::platform::wakes::made(),
+            before,
+            "grace periods without a waiter woke"
+        );
+    }
+
     #[test]
     fn synchronize_without_readers_returns() {
         let d = GraceDomain::new();

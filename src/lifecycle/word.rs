@@ -6,10 +6,10 @@
 //! # Layout
 //!
 //! ```text
-//!  31                     7 6      3   2         1           0
-//! +------------------------+--------+---------+-----------+---------+
-//! |      guard count       | pending| DRAINED | COMMITTED | WAITING |
-//! +------------------------+--------+---------+-----------+---------+
+//!  31                  8    7     6      3   2         1           0
+//! +---------------------+-------+--------+---------+-----------+---------+
+//! |     guard count     | TAKEN | pending| DRAINED | COMMITTED | WAITING |
+//! +---------------------+-------+--------+---------+-----------+---------+
 //! ```
 //!
 //! - `WAITING`: a drainer is asleep (or about to sleep) on the word; the release that takes the
@@ -22,6 +22,10 @@
 //!   flight), 0 to [`PENDING_SPILL`]. At `PENDING_SPILL` the field stops counting and further
 //!   closes are counted in the side table (`table.rs`), keyed by the word's address; see
 //!   *Spilled closes* below.
+//! - `TAKEN`: the value was moved out of a drained drainable
+//!   ([`drain_and_take`](crate::Drainable::drain_and_take)). Set once, on a word that is
+//!   `COMMITTED | DRAINED`, and never cleared: [`reopen`](crate::Drainable::reopen) refuses,
+//!   so the word stays closed for good, and the drainable's `Drop` does not drop the value.
 //! - guard count: guards outstanding, plus, for an instant, acquisitions that lost a race with
 //!   a close and are backing out.
 //!
@@ -95,13 +99,14 @@ pub(crate) const PENDING_SPILL: u32 = if platform::MODEL {
 } else {
     PENDING_MASK >> PENDING_SHIFT
 };
-const COUNT_SHIFT: u32 = 7;
+const TAKEN: u32 = 1 << 7;
+const COUNT_SHIFT: u32 = 8;
 /// One guard (or token) in the count field.
 const ONE: u32 = 1 << COUNT_SHIFT;
 const COUNT_MASK: u32 = !(ONE - 1);
 /// The bits whose being set means "closed to new guards".
 const CLOSED_MASK: u32 = COMMITTED | PENDING_MASK;
-/// The most guards one drainable can have outstanding. The count field holds 2^25 - 1; the
+/// The most guards one drainable can have outstanding. The count field holds 2^24 - 1; the
 /// 65,536 values above the limit absorb acquisitions that raced past the limit check and are
 /// backing out (one per thread at most), so the count can never wrap into a false zero.
 pub(crate) const MAX_GUARDS: u32 = (COUNT_MASK >> COUNT_SHIFT) - (1 << 16);
@@ -522,7 +527,7 @@ impl Word {
     fn reopen(&self) -> bool {
         let mut cur = self.0.load(Ordering::Relaxed);
         loop {
-            if cur & DRAINED == 0 || pending(cur) != 0 {
+            if cur & DRAINED == 0 || pending(cur) != 0 || cur & TAKEN != 0 {
                 return false;
             }
             // The count may be non-zero for an instant (acquirers backing out); it is kept, and
@@ -537,6 +542,40 @@ impl Word {
                 Err(actual) => cur = actual,
             }
         }
+    }
+
+    /// Marks the value of a drained word as taken (see `TAKEN` in the module docs). Returns
+    /// `true` if this call took it; `false` if the word is not drained, or the value was
+    /// taken already. One RMW; the caller then moves the value out, exclusively: no guard can
+    /// exist or be taken again.
+    pub(crate) fn take(&self) -> bool {
+        let mut cur = self.0.load(Ordering::Relaxed);
+        loop {
+            if cur & DRAINED == 0 || cur & TAKEN != 0 {
+                return false;
+            }
+            // Acquire: release → drainer, once more (the caller's drain already synchronised
+            // with every release; this keeps the take's own read of the word in that order).
+            match self.0.compare_exchange_weak(
+                cur,
+                cur | TAKEN,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Whether the value was taken ([`take`](Self::take)). For the drainable's `Drop`,
+    /// `into_inner` and `get_mut`, which hold it exclusively.
+    #[inline]
+    pub(crate) fn is_taken(&self) -> bool {
+        // Relaxed: the callers own the drainable exclusively (`&mut` or by value), which
+        // orders them after the take, or (`drain_and_take` after a failed take) only ask
+        // whether another take won, which its RMW on this word decided.
+        self.0.load(Ordering::Relaxed) & TAKEN != 0
     }
 
     /// Whether the close a waiter holds (`hold`, made or joined by it) is over, from an
@@ -688,6 +727,19 @@ impl Word {
         let mut cur = self.0.load(Ordering::Acquire);
         loop {
             if count(cur) == 0 {
+                if cur & WAITING != 0 {
+                    // Nobody sleeps on a value whose count is zero (a sleeper's value has its
+                    // count above zero), so the flag can go: left set, every later give-back
+                    // that reaches zero would pay a futex wake. A failed CAS means the word
+                    // moved on (a new token): the flag then stays for that grace period.
+                    // Relaxed: only the flag changes.
+                    let _ = self.0.compare_exchange(
+                        cur,
+                        cur & !WAITING,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                }
                 return Ok(true);
             }
             if timed_out {
@@ -797,7 +849,7 @@ mod tests {
 
     #[test]
     fn layout_constants_do_not_overlap() {
-        let flags = [WAITING, COMMITTED, DRAINED];
+        let flags = [WAITING, COMMITTED, DRAINED, TAKEN];
         for (i, a) in flags.iter().enumerate() {
             for b in &flags[i + 1..] {
                 assert_eq!(a & b, 0);
@@ -807,7 +859,7 @@ mod tests {
         }
         assert_eq!(PENDING_MASK & COUNT_MASK, 0);
         assert_eq!(
-            WAITING | COMMITTED | DRAINED | PENDING_MASK | COUNT_MASK,
+            WAITING | COMMITTED | DRAINED | PENDING_MASK | TAKEN | COUNT_MASK,
             u32::MAX
         );
         assert_eq!(PENDING_MASK >> PENDING_SHIFT, 15);
@@ -947,6 +999,29 @@ mod tests {
         close(&w, Hold::Committed);
         assert!(!w.open(Open::Undo));
         assert!(is_closed(value(&w)));
+    }
+
+    /// The value of a drained word is taken once; a taken word never reopens, while
+    /// back-outs and pending closes still come and go on it.
+    #[test]
+    fn a_drained_value_is_taken_once_and_the_word_stays_closed() {
+        let w = Word::new();
+        assert!(!w.take(), "took the value of an open word");
+        w.try_acquire().unwrap();
+        close(&w, Hold::Committed);
+        assert!(!w.take(), "took the value of a word still draining");
+        // SAFETY: the count taken above.
+        unsafe { Word::release(&w) };
+        assert_eq!(w.wait_drained(Hold::Committed, None, || true), Ok(()));
+        assert!(w.take());
+        assert!(w.is_taken() && !w.take(), "taken twice");
+        assert!(!w.open(Open::Reopen), "a taken word reopened");
+        assert_eq!(w.try_acquire(), Err(Refused::Closed));
+        assert_eq!(count(value(&w)), 0);
+        close(&w, Hold::Pending);
+        assert_eq!(w.wait_drained(Hold::Pending, None, || true), Ok(()));
+        assert!(!w.open(Open::Reopen) && w.is_taken());
+        assert_eq!(phase(value(&w)), Phase::Drained);
     }
 
     #[test]

@@ -62,9 +62,11 @@ pub(crate) fn wait(word: &AtomicU32, expected: u32) {
 pub(crate) fn wake_all(word: *const AtomicU32) {
     #[cfg(all(test, not(drainable_loom)))]
     wakes::count();
-    backend::wake_all(word);
-    // The tasks waiting on the address (`tasks.rs`): a fence and a load when there are none.
+    // The tasks waiting on the address first (`tasks.rs`; a fence and a load when there are
+    // none): a task is then woken a system call sooner, and the futex wake below is the one
+    // that blocked threads need.
     tasks::wake_all(word);
+    backend::wake_all(word);
 }
 
 /// How a wait sleeps once its condition is not met: [`Block`] the thread on the futex, or
@@ -92,6 +94,16 @@ pub trait Park {
         expected: u32,
         deadline: Option<Instant>,
     ) -> Result<bool, Self::Pending>;
+
+    /// The deadline to give a heavy barrier (`membarrier.rs`) that this wait makes: a thread's
+    /// own `deadline`; for a task, a short slice, since a poll must return (the signal
+    /// barrier may wait for another thread's acknowledgement for as long as it is stopped).
+    fn barrier_deadline(&self, deadline: Option<Instant>) -> Option<Instant>;
+
+    /// A heavy barrier gave up at [`barrier_deadline`](Self::barrier_deadline): `Ok` for a
+    /// thread (its deadline passed: a timeout); for a task, `Err` after waking it, so that it
+    /// is polled again and tries the barrier once more (or is cancelled meanwhile).
+    fn barrier_gave_up(&mut self) -> Result<(), Self::Pending>;
 }
 
 /// Blocks the calling thread on the futex.
@@ -116,6 +128,14 @@ impl Park for Block {
             }
             Some(deadline) => wait_until(word, expected, deadline),
         })
+    }
+
+    fn barrier_deadline(&self, deadline: Option<Instant>) -> Option<Instant> {
+        deadline
+    }
+
+    fn barrier_gave_up(&mut self) -> Result<(), Infallible> {
+        Ok(())
     }
 }
 
@@ -151,7 +171,22 @@ impl Park for Task<'_, '_> {
             std::task::Poll::Pending => Err(Pending),
         }
     }
+
+    fn barrier_deadline(&self, _deadline: Option<Instant>) -> Option<Instant> {
+        Instant::now().checked_add(TASK_BARRIER_SLICE)
+    }
+
+    fn barrier_gave_up(&mut self) -> Result<(), Pending> {
+        self.cx.waker().wake_by_ref();
+        Err(Pending)
+    }
 }
+
+/// How long one poll lets a heavy barrier wait (only the signal barrier, where `membarrier` was
+/// refused, ever waits: for a thread to acknowledge its signal). Past it the poll returns and
+/// the task is polled again at once, so a stopped thread makes the task retry, not block its
+/// executor, and a cancellation (a timeout) takes effect.
+const TASK_BARRIER_SLICE: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Like [`wait`], but gives up at `deadline`. Returns `true` when the deadline has passed.
 #[cfg(not(drainable_loom))]

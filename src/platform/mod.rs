@@ -198,15 +198,6 @@ pub(crate) fn null_ptrs<T, const N: usize>() -> [AtomicPtr<T>; N] {
 /// it only slows the interpreter down.
 pub(crate) const SPIN_LIMIT: u32 = if MODEL { 0 } else { 100 };
 
-/// Gives the processor to another thread: for a waiter whose condition depends on a thread that
-/// may have been preempted, past a short spin. Under loom, a model thread's yield.
-pub(crate) fn yield_thread() {
-    #[cfg(not(drainable_loom))]
-    std::thread::yield_now();
-    #[cfg(drainable_loom)]
-    loom::thread::yield_now();
-}
-
 /// A hint that this thread is spinning on a word another thread will change.
 #[inline]
 pub(crate) fn spin_hint() {
@@ -294,6 +285,13 @@ macro_rules! per_thread {
 }
 pub(crate) use per_thread;
 
+/// Only the signal barrier's Linux backend waits with a deadline now (the drains' timed waits go
+/// through `Block`), and it is not built under Miri or loom.
+#[cfg(all(
+    any(target_os = "linux", target_os = "android"),
+    not(any(miri, drainable_loom))
+))]
+pub(crate) use futex::wait_until;
 #[cfg(all(test, not(drainable_loom)))]
 pub(crate) use futex::wakes;
-pub(crate) use futex::{Block, Park, Pending, Task, TaskWaiter, wait_until, wake_all};
+pub(crate) use futex::{Block, Park, Pending, Task, TaskWaiter, wake_all};

@@ -362,7 +362,7 @@ impl<T, C: Counter> Registry<T, C> {
     /// # Panics
     ///
     /// If `f` panics: the panic propagates and the pass stops there, having released its
-    /// guards. Also if about 33 million calls into one entry are in flight at once (see
+    /// guards. Also if about 16 million calls into one entry are in flight at once (see
     /// [`DrainableWith::try_acquire`]).
     ///
     /// ```
@@ -426,7 +426,7 @@ impl<T, C: Counter> Registry<T, C> {
     ///
     /// # Panics
     ///
-    /// If about 33 million calls into the entry are in flight at once (see
+    /// If about 16 million calls into the entry are in flight at once (see
     /// [`DrainableWith::try_acquire`]).
     ///
     /// ```

@@ -307,7 +307,9 @@ pub(crate) fn wait_released_with<P: platform::Park>(
     if !progress.barrier {
         // After this, every acquirer that read the word open before the close has its entry
         // visible to the scan (and every later one sees the close and backs out).
-        if heavy_barrier(deadline).is_err() {
+        if heavy_barrier(park.barrier_deadline(deadline)).is_err() {
+            // A thread's timeout; a task is polled again and tries once more.
+            park.barrier_gave_up()?;
             return Ok(Err(()));
         }
         progress.barrier = true;
@@ -346,9 +348,12 @@ fn wait_record<P: platform::Park>(
         // that cleared it before is seen by the loads below. Also orders the `waiters`
         // increment before the word load, against `wake_waiters` (a reopen). A task that
         // stays announced across its polls keeps both: every later release sees `waiters`.
-        if heavy_barrier(deadline).is_err() {
+        if heavy_barrier(park.barrier_deadline(deadline)).is_err() {
             // The deadline passed inside the barrier (the signal barrier, waiting for a
-            // thread): a timeout like any other.
+            // thread): a timeout like any other. A task withdraws, so that its next poll
+            // announces and runs the barrier again before it reads the record.
+            progress.withdraw();
+            park.barrier_gave_up()?;
             return Ok(Err(()));
         }
     }

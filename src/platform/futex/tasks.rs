@@ -108,10 +108,12 @@ impl TaskWaiter {
         }
         let bucket = bucket(address);
         let mut entries = bucket.entries.lock();
+        // A waker this replaces, dropped after the lock is released, as in `remove`.
+        let mut replaced = None;
         match entries.iter_mut().find(|e| e.key == self.key) {
             Some(entry) => {
                 if !entry.waker.will_wake(cx.waker()) {
-                    entry.waker = cx.waker().clone();
+                    replaced = Some(std::mem::replace(&mut entry.waker, cx.waker().clone()));
                 }
             }
             None => {
@@ -131,6 +133,7 @@ impl TaskWaiter {
         // Acquire: as the futex's callers read the word after a wait.
         let now = word.load(Ordering::Acquire);
         drop(entries);
+        drop(replaced);
         if now == expected {
             Poll::Pending
         } else {
@@ -228,6 +231,40 @@ mod tests {
             2,
             "a dropped waiter is never woken"
         );
+    }
+
+    /// The last reference to a task, dropped, may run anything, a wake of the table included:
+    /// a waker that a poll replaces (the future moved to another task) is dropped after the
+    /// bucket's lock is released. Dropped under it, this test deadlocks (or std's mutex panics).
+    #[test]
+    fn a_replaced_waker_is_dropped_outside_the_lock() {
+        struct WakesOnDrop(&'static AtomicU32);
+        impl Wake for WakesOnDrop {
+            fn wake(self: Arc<Self>) {}
+        }
+        impl Drop for WakesOnDrop {
+            fn drop(&mut self) {
+                wake_all(self.0);
+            }
+        }
+        static OTHER: AtomicU32 = AtomicU32::new(0);
+        let word = AtomicU32::new(0);
+        let mut waiter = TaskWaiter::new();
+        let first = Waker::from(Arc::new(WakesOnDrop(&OTHER)));
+        assert!(
+            waiter
+                .poll(&word, 0, &mut Context::from_waker(&first))
+                .is_pending()
+        );
+        drop(first); // the table holds the last reference now
+        let (count, second) = waker();
+        assert!(
+            waiter
+                .poll(&word, 0, &mut Context::from_waker(&second))
+                .is_pending()
+        );
+        wake_all(&word);
+        assert_eq!(count.0.load(Ordering::Relaxed), 1, "the new waker is filed");
     }
 
     #[test]
