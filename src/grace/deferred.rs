@@ -150,6 +150,12 @@ impl Backlog {
         ready
     }
 
+    /// The oldest entry's target, `u64::MAX` when there is none: nothing is due before
+    /// `completed` reaches it.
+    pub(super) fn front_target(&self) -> u64 {
+        self.entries.front().map_or(u64::MAX, |e| e.target)
+    }
+
     /// Heap bytes: the queue's buffer and the boxed values (not what the values own).
     pub(super) fn heap_bytes(&self) -> usize {
         self.entries.capacity() * std::mem::size_of::<Entry>() + self.value_bytes

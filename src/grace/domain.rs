@@ -76,9 +76,9 @@ pub struct GraceDomain {
     steps: Mutex<Steps>,
     /// Values to drop once a grace period has completed (`retire`; `deferred.rs`).
     backlog: Mutex<Backlog>,
-    /// Entries in `backlog`: lets `collect` skip the locks when there are none. Written under
-    /// the backlog's lock.
-    backlog_len: AtomicUsize,
+    /// The target of `backlog`'s oldest entry (`u64::MAX` when empty): lets `collect` skip the
+    /// locks when nothing is due. Written under the backlog's lock.
+    backlog_front: AtomicU64,
     /// How many values `retire` lets wait at once (`with_backlog_limit`).
     backlog_limit: usize,
     /// Held by the one thread that takes ready values out of `backlog` until it has dropped
@@ -181,7 +181,7 @@ impl GraceDomain {
                 wanted: 0,
             }),
             backlog: Mutex::new(Backlog::new()),
-            backlog_len: AtomicUsize::new(0),
+            backlog_front: AtomicU64::new(u64::MAX),
             backlog_limit: Self::DEFAULT_BACKLOG_LIMIT,
             dropping: Mutex::new(()),
             dropping_thread: AtomicUsize::new(0),
@@ -558,7 +558,8 @@ impl GraceDomain {
             let open = backlog.push(target, value.take().expect("pushed once"));
             let len = backlog.len();
             // Relaxed: a hint for `collect`, written under the backlog lock.
-            self.backlog_len.store(len, Ordering::Relaxed);
+            self.backlog_front
+                .store(backlog.front_target(), Ordering::Relaxed);
             drop(backlog);
             // A full batch asks for its grace period; so does a value that must not wait (a
             // cancelled future's, rare: its drop should not wait for a batch to fill).
@@ -584,9 +585,9 @@ impl GraceDomain {
     /// Drops the deferred values whose grace period has ended, unless another thread is
     /// dropping some right now (it will be back for more on a later call).
     fn collect(&self) {
-        // Relaxed: a hint; a stale zero only delays a drop to a later call (`barrier` does not
-        // use it).
-        if self.backlog_len.load(Ordering::Relaxed) == 0 {
+        // Relaxed, both: a hint; a stale value only delays a drop to a later call (`barrier`
+        // and a full backlog do not use it). `drop_ready` loads `completed` again, `Acquire`.
+        if self.completed.load(Ordering::Relaxed) < self.backlog_front.load(Ordering::Relaxed) {
             return;
         }
         if let Some(dropping) = self.dropping.try_lock() {
@@ -605,7 +606,8 @@ impl GraceDomain {
             let mut backlog = self.backlog.lock();
             let ready = backlog.take_ready(completed);
             // Relaxed: as in `defer`.
-            self.backlog_len.store(backlog.len(), Ordering::Relaxed);
+            self.backlog_front
+                .store(backlog.front_target(), Ordering::Relaxed);
             ready
         };
         if ready.is_empty() {
