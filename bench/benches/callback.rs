@@ -14,6 +14,12 @@
 //! - `run_down`: `run_down::RundownRef::try_acquire` (the existing Rust rundown crate), call,
 //!   drop; the value sits beside the `RundownRef`.
 //!
+//! - `seize`: `seize::Collector::enter`, `Guard::protect` of an `AtomicPtr`, call, leave.
+//!
+//! Group `callback_opaque`, the same cases reached the way a registry or a plugin host reaches
+//! them: each `call` wrapped in a boxed `dyn Fn`, called on a freshly spawned thread, so that
+//! the compiler cannot hoist thread-local lookups or checks out of the timed loop.
+//!
 //! Every case calls the same `#[inline(never)]` callback on a `&u64`. `<threads>` is `1` (one
 //! thread, nothing else running) and `available_parallelism` ("every core busy": that many
 //! threads run the same loop on the same shared object at once, started by a barrier; the
@@ -200,6 +206,38 @@ impl Drop for EpochCase {
     }
 }
 
+struct SeizeCase(seize::Collector, std::sync::atomic::AtomicPtr<u64>);
+
+impl Protect for SeizeCase {
+    fn name(&self) -> &'static str {
+        "seize"
+    }
+    #[inline(always)]
+    fn call(&self) {
+        use seize::Guard;
+        let guard = self.0.enter();
+        let p = guard.protect(&self.1, Ordering::Acquire);
+        // SAFETY: set in `new`, freed only in `drop`, after every thread has finished.
+        invoke(unsafe { &*p });
+    }
+}
+
+impl SeizeCase {
+    fn new(value: u64) -> Self {
+        SeizeCase(
+            seize::Collector::new(),
+            std::sync::atomic::AtomicPtr::new(Box::into_raw(Box::new(value))),
+        )
+    }
+}
+
+impl Drop for SeizeCase {
+    fn drop(&mut self) {
+        // SAFETY: `&mut self`: no thread reads the pointer any more; it came from `Box::new`.
+        drop(unsafe { Box::from_raw(*self.1.get_mut()) });
+    }
+}
+
 /// `iters` calls on this thread; the wall time they took.
 #[inline(never)]
 fn time_loop<P: Protect>(case: &P, iters: u64) -> Duration {
@@ -233,9 +271,44 @@ fn time_parallel<P: Protect>(case: &P, threads: usize, iters: u64) -> Duration {
     })
 }
 
+/// `iters` calls of an opaque `dyn Fn` on this thread; the wall time they took.
+#[inline(never)]
+fn time_opaque_loop(f: &(dyn Fn() + Sync), iters: u64) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    start.elapsed()
+}
+
+/// The opaque case: `call` behind a boxed `dyn Fn`, on `threads` freshly spawned threads (one
+/// thread too: a new thread, as a registry's caller would be). The slowest thread's wall time.
+fn time_opaque<P: Protect>(case: &P, threads: usize, iters: u64) -> Duration {
+    let f: Box<dyn Fn() + Sync + '_> = Box::new(move || case.call());
+    let f = black_box(&*f);
+    let barrier = Barrier::new(threads);
+    thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    barrier.wait();
+                    time_opaque_loop(f, iters)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("benchmark thread panicked"))
+            .max()
+            .unwrap_or_default()
+    })
+}
+
 /// Registers `case` at every thread count: `callback/<name>/<threads>`.
 fn bench_case<P: Protect>(
     group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    group_name: &str,
     case: &P,
 ) {
     for threads in thread_counts() {
@@ -243,7 +316,9 @@ fn bench_case<P: Protect>(
             BenchmarkId::new(case.name(), threads),
             &threads,
             |b, &threads| {
-                if threads == 1 {
+                if group_is_opaque(group_name) {
+                    b.iter_custom(|iters| time_opaque(case, threads, iters));
+                } else if threads == 1 {
                     b.iter_custom(|iters| time_loop(case, iters));
                 } else {
                     b.iter_custom(|iters| time_parallel(case, threads, iters));
@@ -263,24 +338,30 @@ fn thread_counts() -> Vec<usize> {
     }
 }
 
+fn group_is_opaque(name: &str) -> bool {
+    name == "callback_opaque"
+}
+
 fn bench_callback(c: &mut Criterion) {
-    let mut group = c.benchmark_group("callback");
-    bench_case(&mut group, &Plain(PAYLOAD));
-    bench_case(
-        &mut group,
-        &DrainableCase(Drainable::new(PAYLOAD), "drainable"),
-    );
-    bench_case(
-        &mut group,
-        &DrainableCase(PerCpuDrainable::new(PAYLOAD), "per_cpu_drainable"),
-    );
-    bench_case(&mut group, &GraceCase(GraceCell::new(PAYLOAD)));
-    bench_case(&mut group, &ArcCase(Arc::new(PAYLOAD)));
-    bench_case(&mut group, &RwLockCase(RwLock::new(PAYLOAD)));
-    bench_case(&mut group, &EpochCase::new(PAYLOAD));
-    bench_case(&mut group, &ArcSwapCase(ArcSwap::from_pointee(PAYLOAD)));
-    bench_case(&mut group, &RunDownCase(RundownRef::new(), PAYLOAD));
-    group.finish();
+    for name in ["callback", "callback_opaque"] {
+        let mut group = c.benchmark_group(name);
+        let g = &mut group;
+        bench_case(g, name, &Plain(PAYLOAD));
+        bench_case(g, name, &DrainableCase(Drainable::new(PAYLOAD), "drainable"));
+        bench_case(
+            g,
+            name,
+            &DrainableCase(PerCpuDrainable::new(PAYLOAD), "per_cpu_drainable"),
+        );
+        bench_case(g, name, &GraceCase(GraceCell::new(PAYLOAD)));
+        bench_case(g, name, &ArcCase(Arc::new(PAYLOAD)));
+        bench_case(g, name, &RwLockCase(RwLock::new(PAYLOAD)));
+        bench_case(g, name, &EpochCase::new(PAYLOAD));
+        bench_case(g, name, &SeizeCase::new(PAYLOAD));
+        bench_case(g, name, &ArcSwapCase(ArcSwap::from_pointee(PAYLOAD)));
+        bench_case(g, name, &RunDownCase(RundownRef::new(), PAYLOAD));
+        group.finish();
+    }
 }
 
 /// Whether to run a short smoke version: criterion's `--quick`, or `DRAINABLE_BENCH_QUICK=1`.

@@ -1,7 +1,10 @@
 //! Grace-period latency: `GraceDomain::synchronize` and `GraceCell::replace`, idle and with a
 //! reader busy on every other core, against the deferred-reclamation baselines doing the same
-//! job (`crossbeam-epoch`: swap + `defer_destroy` + `flush`; `arc-swap`: `store`). The
-//! baselines return before the old value is freed; `replace` returns it, no reader left.
+//! job (`crossbeam-epoch`: swap + `defer_destroy` + `flush`; `arc-swap`: `store`; `seize`:
+//! swap + `retire`). The baselines return before the old value is freed; `replace` returns it,
+//! no reader left. `grace_cell_store` is the deferred store (`GraceCell::store`), which returns
+//! before the old value is dropped too, like the baselines; its backlog stays under the
+//! domain's limit (the run's maximum is printed).
 //!
 //! ```text
 //! cargo bench --manifest-path bench/Cargo.toml --bench grace            # full run (about a minute)
@@ -47,6 +50,25 @@ fn with_readers<R: Send + Sync + 'static>(
     stop.store(true, Ordering::Relaxed);
     for r in readers {
         r.join().unwrap();
+    }
+}
+
+/// A `seize` collector and the pointer it protects.
+struct SeizeCell(seize::Collector, std::sync::atomic::AtomicPtr<u64>);
+
+impl SeizeCell {
+    fn new(v: u64) -> Self {
+        SeizeCell(
+            seize::Collector::new(),
+            std::sync::atomic::AtomicPtr::new(Box::into_raw(Box::new(v))),
+        )
+    }
+}
+
+impl Drop for SeizeCell {
+    fn drop(&mut self) {
+        // SAFETY: `&mut self`: no reader is left; the pointer came from `Box::new`.
+        drop(unsafe { Box::from_raw(*self.1.get_mut()) });
     }
 }
 
@@ -99,6 +121,50 @@ fn grace_benches(c: &mut Criterion) {
                         // pinned thread can see it.
                         unsafe { guard.defer_destroy(old) };
                         guard.flush();
+                    })
+                },
+            )
+        });
+        g.bench_function(BenchmarkId::new("grace_cell_store", label), |b| {
+            let mut max_backlog = 0;
+            with_readers(
+                busy,
+                Arc::new(GraceCell::new(0u64)),
+                |c| {
+                    black_box(*c.read());
+                },
+                |c| {
+                    let mut i = 0u64;
+                    b.iter(|| {
+                        i += 1;
+                        c.store(i);
+                        if i % 1024 == 0 {
+                            max_backlog = max_backlog.max(c.domain().backlog());
+                        }
+                    });
+                    c.domain().barrier();
+                },
+            );
+            eprintln!("grace_cell_store/{label}: max backlog {max_backlog}");
+        });
+        g.bench_function(BenchmarkId::new("seize_retire", label), |b| {
+            with_readers(
+                busy,
+                Arc::new(SeizeCell::new(0)),
+                |s| {
+                    use seize::Guard;
+                    let guard = s.0.enter();
+                    // SAFETY: protected by the guard; retired only through the collector.
+                    black_box(unsafe { *guard.protect(&s.1, Ordering::Acquire) });
+                },
+                |s| {
+                    let mut i = 0u64;
+                    b.iter(|| {
+                        i += 1;
+                        let old = s.1.swap(Box::into_raw(Box::new(i)), Ordering::AcqRel);
+                        // SAFETY: unpublished by the swap; freed by the collector once no
+                        // guard can see it.
+                        unsafe { s.0.retire(old, seize::reclaim::boxed) };
                     })
                 },
             )

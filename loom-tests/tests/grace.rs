@@ -169,3 +169,63 @@ fn a_first_section_of_the_second_phase_races_its_fold() {
         reader.join().unwrap();
     });
 }
+
+/// (Async) `synchronize_async` files its waker while the last section of the old phase ends on
+/// another thread: it completes (a lost wake-up is a loom deadlock), after the section's
+/// accesses (the canary: loom reports a race otherwise).
+#[test]
+fn synchronize_async_races_the_last_section() {
+    use drainable_loom_tests::block_on;
+    model(|| {
+        let domain = Arc::new(GraceDomain::new());
+        let data = Arc::new(Cell::new(0u32));
+        let entered = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (domain, data, entered) =
+                (Arc::clone(&domain), Arc::clone(&data), Arc::clone(&entered));
+            thread::spawn(move || {
+                let section = domain.enter();
+                entered.store(true, Ordering::Release);
+                data.with(|p| unsafe { assert_ne!(*p, POISON) });
+                drop(section);
+            })
+        };
+        while !entered.load(Ordering::Acquire) {
+            thread::yield_now();
+        }
+        block_on(domain.synchronize_async());
+        data.set(POISON);
+        reader.join().unwrap();
+    });
+}
+
+/// (Async) A `replace_async` polled once (published) and dropped while a reader still reads the
+/// old value: the old value is dropped only after that reader has left (dropping it poisons it
+/// first, which would race the reader's read), by a later call on the domain.
+#[test]
+fn a_cancelled_replace_async_never_frees_under_a_reader() {
+    use drainable_loom_tests::{Wakes, poll_once};
+    struct Poisoned(Cell<u32>);
+    impl Drop for Poisoned {
+        fn drop(&mut self) {
+            self.0.set(POISON);
+        }
+    }
+    model(|| {
+        let cell = Arc::new(GraceCell::new(Poisoned(Cell::new(1))));
+        let reader = {
+            let cell = Arc::clone(&cell);
+            thread::spawn(move || {
+                let v = cell.read().0.get();
+                assert!(v == 1 || v == 2, "read {v:#x}");
+            })
+        };
+        let (_wakes, waker) = Wakes::new();
+        let mut f = Box::pin(cell.replace_async(Poisoned(Cell::new(2))));
+        let _ = poll_once(f.as_mut(), &waker);
+        drop(f);
+        reader.join().unwrap();
+        cell.domain().synchronize(); // collects the deferred value, if still there
+        assert_eq!(cell.read().0.get(), 2);
+    });
+}

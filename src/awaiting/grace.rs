@@ -1,7 +1,7 @@
 //! [`GraceDomain::synchronize_async`] and [`GraceCell::replace_async`]: grace periods as
 //! futures.
 
-use crate::grace::{GraceCell, GraceCookie, GraceDomain};
+use crate::grace::{GraceCell, GraceCookie, GraceDomain, Retired};
 use crate::platform::TaskWaiter;
 use std::fmt;
 use std::future::Future;
@@ -114,10 +114,9 @@ impl<T: Send + 'static> GraceCell<T> {
     /// - **Lazy**: nothing is published until the first poll; dropped unpolled, the future
     ///   drops `value` and the cell is unchanged.
     /// - **Cancellation never frees too early**: dropped after it published but before it
-    ///   completed, the future hands the old value to the cell's [`GraceDomain`], which drops it
-    ///   once the grace period has ended: in the first later call on the domain that finds it
-    ///   ended (a read does not count; `synchronize`, a poll, a replace do), on that caller's
-    ///   thread, or with the domain. That is why `T: Send + 'static`.
+    ///   completed, the future hands the old value to the cell's [`GraceDomain`] as
+    ///   [`GraceDomain::retire`] does (its drop runs where and when `retire`'s docs say), but
+    ///   never blocks, even on a full backlog. That is why `T: Send + 'static`.
     /// - The first poll waits for other writers' swaps (the cell's writer lock, held only for
     ///   a swap or an [`update`](Self::update)'s closure; never across an `.await`, so the
     ///   future is `Send`).
@@ -170,25 +169,6 @@ unsafe impl<T: Send> Send for OldValue<T> {}
 // SAFETY: `&OldValue` gives access to nothing.
 unsafe impl<T: Send> Sync for OldValue<T> {}
 
-/// An unpublished value in the domain's deferred list: the raw pointer it was published as,
-/// boxed and dropped only when the list drops it, after its grace period (Miri's Stacked
-/// Borrows found the earlier `Box`, made while a reader still held `&T`, invalidating that
-/// reference).
-struct Retired<T>(std::ptr::NonNull<T>);
-
-// SAFETY: the list owns the value (nobody else frees it) and only drops it, on the thread that
-// collects it (`T: Send`).
-unsafe impl<T: Send> Send for Retired<T> {}
-
-impl<T> Drop for Retired<T> {
-    fn drop(&mut self) {
-        // SAFETY: from `Box::into_raw` (the cell's pointer), owned by this value alone, dropped
-        // once, here, after the grace period that the domain's list waited for: no reader can
-        // hold a reference into it any more.
-        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
-    }
-}
-
 impl<T: Send + 'static> Future for Replace<'_, T> {
     type Output = T;
 
@@ -231,11 +211,11 @@ impl<T: Send + 'static> Drop for Replace<'_, T> {
         if self.parked && self.old.is_some() {
             domain.stop_waiting();
         }
-        if let Some((old, cookie)) = self.old.take() {
-            // Readers may still hold `&T` into the value: it stays a raw pointer (a `Box` would
-            // claim it unique) until the domain drops it, after the grace period of `cookie`,
-            // which began after the value was unpublished.
-            domain.defer_drop(cookie, Box::new(Retired(old.0)));
+        if let Some((old, _)) = self.old.take() {
+            // SAFETY: the future owns the value, from `Box::into_raw`, unpublished by the first
+            // poll's swap; it passes to the domain, which rebuilds the box and drops it only
+            // after a grace period that starts after this call.
+            domain.defer_drop(unsafe { Retired::from_raw(old.0.as_ptr()) });
         }
     }
 }

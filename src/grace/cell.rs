@@ -1,10 +1,12 @@
 //! [`GraceCell<T>`]: a value readers see without locks, that a writer replaces and gets back
 //! once no reader can still see it; its read guard is [`GraceGuard`].
 
+use super::deferred::Retired;
 use super::{GraceDomain, ReadSection};
 use crate::lifecycle::track;
 use crate::platform::{self, Mutex, MutexGuard, Ordering};
 use std::fmt;
+use std::marker::PhantomData;
 use std::ops::Deref;
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -117,10 +119,11 @@ impl<T> GraceCell<T> {
         // Acquire: pairs with the writer's swap (publish → reader).
         let ptr = self.ptr.load(Ordering::Acquire);
         GraceGuard {
-            // SAFETY: the pointer came from `Box::into_raw` and is freed only after a grace
-            // period that began after it was unpublished; this section began before that.
-            value: unsafe { &*ptr },
+            // SAFETY: from `Box::into_raw`, never null. It is freed only after a grace period
+            // that began after it was unpublished; this section began before that.
+            value: unsafe { NonNull::new_unchecked(ptr) },
             _section: section,
+            _value: PhantomData,
         }
     }
 
@@ -179,6 +182,46 @@ impl<T> GraceCell<T> {
         // SAFETY: `old` came from `Box::into_raw`, was unpublished before the grace period, and
         // no section that could have loaded it is still running.
         *unsafe { Box::from_raw(old) }
+    }
+
+    /// Publishes `value` and retires the old one ([`GraceDomain::retire`]): the old value is
+    /// dropped once no reader can still see it, by a later call on the domain, without this
+    /// writer waiting for readers. The deferred counterpart of [`replace`](Self::replace), for
+    /// writers that must not block on a reader and do not need the old value back; the store of
+    /// `arc-swap` and of `crossbeam-epoch`'s `Atomic::swap` + `defer_destroy`.
+    ///
+    /// Writers serialise on the cell's writer lock for the swap only. The drop of the old value
+    /// runs where and when `retire`'s docs say, in a batch, on the thread of a later call
+    /// ([`GraceDomain::barrier`] waits for it). Non-blocking while the domain's backlog is under
+    /// its limit; on a full backlog (a reader stalled in its section for a whole backlog of
+    /// stores) it waits as `retire` does.
+    ///
+    /// # Panics
+    ///
+    /// As [`replace`](Self::replace): in builds with `debug_assertions`, if the calling thread is
+    /// inside a read section of the cell's domain; and from inside [`update`](Self::update)'s
+    /// closure on the same cell.
+    ///
+    /// ```
+    /// use drainable::GraceCell;
+    ///
+    /// let routes = GraceCell::new(vec!["/a"]);
+    /// routes.store(vec!["/a", "/b"]); // the old Vec is dropped later, after a grace period
+    /// assert_eq!(routes.read().len(), 2);
+    /// routes.domain().barrier(); // now it has been dropped
+    /// ```
+    pub fn store(&self, value: T)
+    where
+        T: Send + 'static,
+    {
+        let writer = self.lock_writer("GraceCell::store");
+        let domain = self.domain.get();
+        track::assert_not_held(domain.id(), "GraceCell::store");
+        let old = self.swap(writer, Box::new(value));
+        // SAFETY: `old` came from `Box::into_raw` and was unpublished by the swap; ownership
+        // passes to the domain, which drops it only after a grace period that starts after this
+        // call, so after every section that could have loaded it.
+        domain.retire_unchecked(unsafe { Retired::from_raw(old) });
     }
 
     /// Publishes `new` and unpublishes the current value, which the caller now owns (to free
@@ -372,16 +415,27 @@ impl<T: fmt::Debug> fmt::Debug for GraceCell<T> {
 /// ```
 #[must_use = "the value is readable only while the guard lives"]
 pub struct GraceGuard<'a, T> {
-    value: &'a T,
+    /// A pointer, not a `&'a T`: a reference field of a guard passed by value to `drop` stays
+    /// protected until that call returns, after the section has ended, while a writer may
+    /// already be freeing the value (Stacked Borrows reports that). The release-path rule of
+    /// `docs/design.md` section 4, for the value.
+    value: NonNull<T>,
     _section: ReadSection<'a>,
+    _value: PhantomData<&'a T>,
 }
+
+// SAFETY: a shared `&GraceGuard` gives `&T` only, as the `&'a T` it stands for would
+// (`T: Sync`); its section is `Sync` (a `&ReadSection` gives access to nothing).
+unsafe impl<T: Sync> Sync for GraceGuard<'_, T> {}
 
 impl<T> Deref for GraceGuard<'_, T> {
     type Target = T;
 
     #[inline]
     fn deref(&self) -> &T {
-        self.value
+        // SAFETY: loaded inside the section, which the value outlives (see `read`); the
+        // returned reference borrows the guard, so it cannot outlive the section.
+        unsafe { self.value.as_ref() }
     }
 }
 
@@ -393,7 +447,7 @@ impl<T: fmt::Debug> fmt::Debug for GraceGuard<'_, T> {
     /// assert_eq!(format!("{:?}", c.read()), "7");
     /// ```
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self.value, f)
+        fmt::Debug::fmt(&**self, f)
     }
 }
 
@@ -593,6 +647,47 @@ mod tests {
             stop.store(true, Ordering::Relaxed);
         });
         assert_eq!(violations.load(Ordering::Relaxed), 0);
+    }
+
+    /// `store` retires the old value: never dropped while a reader that loaded it is inside,
+    /// dropped by the barrier after.
+    #[test]
+    fn store_retires_the_old_value() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        struct Count(Arc<AtomicUsize>, u32);
+        impl Drop for Count {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let cell = Arc::new(GraceCell::new(Count(Arc::clone(&drops), 1)));
+        let guard = cell.read_owned(); // the slots path, held on another thread below
+        let reader = thread::spawn(move || {
+            assert_eq!(guard.1, 1);
+            guard
+        });
+        let guard = reader.join().unwrap();
+        cell.store(Count(Arc::clone(&drops), 2));
+        assert_eq!(cell.read().1, 2);
+        cell.domain()
+            .synchronize_timeout(Duration::ZERO)
+            .unwrap_err();
+        assert_eq!(drops.load(Ordering::Relaxed), 0);
+        assert_eq!(guard.1, 1);
+        drop(guard);
+        cell.domain().barrier();
+        assert_eq!(drops.load(Ordering::Relaxed), 1);
+        assert_eq!(cell.domain().backlog(), 0);
+    }
+
+    #[test]
+    #[should_panic(expected = "GraceCell::store called from inside GraceCell::update")]
+    fn store_inside_update_panics() {
+        let c = GraceCell::new(1);
+        c.update(|v| {
+            c.store(*v);
+            *v
+        });
     }
 
     #[test]

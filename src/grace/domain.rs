@@ -3,6 +3,7 @@
 
 #[cfg(doc)]
 use super::GraceCell; // for the doc links
+use super::deferred::{BATCH, Backlog, Retired};
 use crate::counter::slots::{self, Folding};
 use crate::lifecycle::track;
 use crate::lifecycle::word as state;
@@ -76,18 +77,19 @@ pub struct GraceDomain {
     /// Grace periods completed. Only grows.
     completed: AtomicU64,
     steps: Mutex<Steps>,
-    /// Values to drop once a grace period has completed (`defer_drop`).
-    deferred: Deferred,
-}
-
-/// Values handed to the domain to drop after a grace period: each waits for the grace period of
-/// the cookie it came with, and is dropped by the first call on the domain that finds that grace
-/// period complete (`collect`), or with the domain. Today only a `GraceCell::replace_async`
-/// dropped before it completed hands values here.
-struct Deferred {
-    /// Entries in `values`: lets `collect` skip the lock when there are none.
-    len: AtomicUsize,
-    values: Mutex<Vec<(u64, Box<dyn Send>)>>,
+    /// Values to drop once a grace period has completed (`retire`; `deferred.rs`).
+    backlog: Mutex<Backlog>,
+    /// The target of `backlog`'s oldest entry (`u64::MAX` when empty): lets `collect` skip the
+    /// locks when nothing is due. Written under the backlog's lock.
+    backlog_front: AtomicU64,
+    /// How many values `retire` lets wait at once (`with_backlog_limit`).
+    backlog_limit: usize,
+    /// Held by the one thread that takes ready values out of `backlog` until it has dropped
+    /// them (see `deferred.rs`): `barrier` takes it to wait for drops in progress.
+    dropping: Mutex<()>,
+    /// The `platform::thread_token` of the thread holding `dropping`, or 0: lets a deferred
+    /// `Drop` that calls `barrier` on its own domain panic instead of deadlocking.
+    dropping_thread: AtomicUsize,
 }
 
 /// Grace-period bookkeeping, changed only under `GraceDomain::steps`.
@@ -181,10 +183,44 @@ impl GraceDomain {
                 started: 0,
                 wanted: 0,
             }),
-            deferred: Deferred {
-                len: AtomicUsize::new(0),
-                values: Mutex::new(Vec::new()),
-            },
+            backlog: Mutex::new(Backlog::new()),
+            backlog_front: AtomicU64::new(u64::MAX),
+            backlog_limit: Self::DEFAULT_BACKLOG_LIMIT,
+            dropping: Mutex::new(()),
+            dropping_thread: AtomicUsize::new(0),
+        }
+    }
+
+    /// How many retired values a domain from [`new`](Self::new) lets wait for their grace
+    /// period at once (see [`retire`](Self::retire)).
+    ///
+    /// ```
+    /// assert_eq!(drainable::GraceDomain::DEFAULT_BACKLOG_LIMIT, 1024);
+    /// ```
+    pub const DEFAULT_BACKLOG_LIMIT: usize = 1024;
+
+    /// A domain whose backlog of deferred drops holds at most `limit` values: a
+    /// [`retire`](Self::retire) (or [`GraceCell::store`]) that finds `limit` values waiting
+    /// first waits, as [`barrier`](Self::barrier) does, until they have been dropped.
+    ///
+    /// # Panics
+    ///
+    /// If `limit` is 0.
+    ///
+    /// ```
+    /// let d = drainable::GraceDomain::with_backlog_limit(1);
+    /// d.retire(String::from("a"));
+    /// d.retire(String::from("b")); // waits a grace period and drops "a" first
+    /// assert!(d.backlog() <= 1);
+    /// ```
+    pub fn with_backlog_limit(limit: usize) -> Self {
+        assert!(
+            limit > 0,
+            "drainable: a GraceDomain's backlog limit must be at least 1"
+        );
+        GraceDomain {
+            backlog_limit: limit,
+            ..Self::new()
         }
     }
 
@@ -373,6 +409,8 @@ impl GraceDomain {
         }
         // Acquire: pairs with the Release that counted the grace period complete.
         if self.completed.load(Ordering::Acquire) >= cookie.number {
+            // Another thread completed it: drops it made due may still wait for a caller.
+            self.collect();
             return true;
         }
         if let Some(mut steps) = self.try_lock_steps() {
@@ -414,47 +452,258 @@ impl GraceDomain {
         self.word.stop_waiting();
     }
 
-    /// Hands `value` to the domain, to drop once the grace period of `cookie` (a cookie of this
-    /// domain) has ended: by the first later call on the domain that finds it ended
-    /// (`poll_grace_period`, `start_grace_period`, `synchronize` and the futures, through
-    /// `collect`), or with the domain. The drop runs on that caller's thread, outside every
-    /// lock of the domain.
-    pub(crate) fn defer_drop(&self, cookie: GraceCookie, value: Box<dyn Send>) {
-        debug_assert_eq!(cookie.domain, self.id);
-        self.deferred.values.lock().push((cookie.number, value));
-        // Relaxed: a hint for `collect`; a stale zero only delays a drop to a later call.
-        self.deferred.len.fetch_add(1, Ordering::Relaxed);
-        self.collect();
+    /// Drops `value` once every read section that could see it has ended: the
+    /// deferred form of [`synchronize`](Self::synchronize) followed by `drop` (liburcu's
+    /// `call_rcu`, folly's and C++26's `rcu_retire`, crossbeam-epoch's `defer_destroy`).
+    /// Call it after unpublishing `value`, so that sections that begin later cannot find it.
+    ///
+    /// **When and where the drop runs.** Retired values wait in the domain's *backlog* in
+    /// batches: a batch of up to 32 values shares one grace period, asked for when the batch is
+    /// full (or by any [`synchronize`](Self::synchronize), [`barrier`](Self::barrier) or
+    /// [`start_grace_period`](Self::start_grace_period) meanwhile). A value is dropped by the
+    /// first later call on the domain that finds its grace period ended: `retire`,
+    /// [`GraceCell::store`], `start_grace_period`, [`poll_grace_period`](Self::poll_grace_period),
+    /// `synchronize` and the futures, or `barrier`, on that caller's thread, outside the domain's
+    /// step and backlog locks; or when the domain is dropped. Reads never run drops. There is no
+    /// background thread: a domain nobody calls keeps its backlog until
+    /// [`barrier`](Self::barrier) or its own drop. A `Drop` that runs here may use the domain
+    /// (retire more values, synchronize) but not call `barrier` on it (that panics); a panic in
+    /// it unwinds out of the call that ran it, and the values of its batch not yet dropped are
+    /// dropped during that unwind.
+    ///
+    /// **The bound.** At most [`backlog limit`](Self::with_backlog_limit) values
+    /// ([`DEFAULT_BACKLOG_LIMIT`](Self::DEFAULT_BACKLOG_LIMIT), 1024) wait at once. A `retire`
+    /// that finds the backlog full *waits*, as `barrier` does: for a grace period, which a
+    /// stalled reader holds up (helping cannot free what a reader may still see), then drops
+    /// the ready values itself before it queues `value`. Two callers must not block and so
+    /// queue past the limit: a `retire` from inside a deferred `Drop` of the same domain, and
+    /// the drop of a cancelled [`replace_async`](GraceCell::replace_async) future (one value
+    /// per future). [`heap_bytes`](Self::heap_bytes) counts the backlog.
+    ///
+    /// Cost: the step lock and the backlog lock (uncontended, short), one fold of the slots per
+    /// batch, and the drops that are due. `T: Send + 'static`, since the drop may run on any
+    /// thread, at any later time.
+    ///
+    /// # Panics
+    ///
+    /// In builds with `debug_assertions`, if the calling thread is inside a read section of
+    /// this domain: a full backlog would make it wait for itself.
+    ///
+    /// ```
+    /// use drainable::GraceDomain;
+    /// use std::sync::Arc;
+    ///
+    /// let domain = GraceDomain::new();
+    /// let table = Arc::new(vec![1, 2, 3]);
+    /// // Drop this reference only once the readers that may use it (through raw pointers
+    /// // published elsewhere, say) have left; the caller goes on at once.
+    /// domain.retire(Arc::clone(&table));
+    /// domain.barrier(); // dropped now
+    /// assert_eq!(Arc::strong_count(&table), 1);
+    /// ```
+    ///
+    /// For a value behind a raw pointer that readers load, use
+    /// [`retire_raw`](Self::retire_raw).
+    pub fn retire<T: Send + 'static>(&self, value: T) {
+        track::assert_not_held(self.id, "GraceDomain::retire");
+        self.defer(Retired::new(value), true);
     }
 
-    /// Drops the deferred values whose grace period has ended.
-    fn collect(&self) {
-        // Relaxed: a hint (see `defer_drop`).
-        if self.deferred.len.load(Ordering::Relaxed) == 0 {
+    /// [`retire`](Self::retire) of the box behind a raw pointer that readers may still be
+    /// reading (crossbeam-epoch's `defer_destroy`): once every section that could see it has
+    /// ended, the domain rebuilds the `Box<T>` and drops it. Prefer this to
+    /// `retire(Box::from_raw(ptr))`: a `Box` claims unique access to its contents from the
+    /// moment it exists, which readers still inside their sections contradict (Miri's Stacked
+    /// Borrows reports it); here the box exists only after the grace period.
+    ///
+    /// Blocking, ordering and panics as [`retire`](Self::retire).
+    ///
+    /// # Safety
+    ///
+    /// `ptr` comes from `Box::<T>::into_raw`, has been unpublished (sections that begin after
+    /// this call cannot find it), and the caller gives its ownership to the domain: nothing else
+    /// frees it or writes through it.
+    ///
+    /// ```
+    /// use drainable::GraceDomain;
+    /// use std::sync::atomic::{AtomicPtr, Ordering};
+    ///
+    /// let domain = GraceDomain::new();
+    /// let config = AtomicPtr::new(Box::into_raw(Box::new(String::from("v1"))));
+    /// let old = config.swap(Box::into_raw(Box::new("v2".into())), Ordering::AcqRel);
+    /// // SAFETY: from `Box::into_raw`, unpublished by the swap, and ours alone to free.
+    /// unsafe { domain.retire_raw(old) };
+    /// domain.barrier(); // "v1" has been dropped
+    /// # drop(unsafe { Box::from_raw(config.into_inner()) });
+    /// ```
+    pub unsafe fn retire_raw<T: Send + 'static>(&self, ptr: *mut T) {
+        track::assert_not_held(self.id, "GraceDomain::retire_raw");
+        // SAFETY: the caller's contract is `Retired::from_raw`'s.
+        self.defer(unsafe { Retired::from_raw(ptr) }, true);
+    }
+
+    /// [`retire_raw`](Self::retire_raw) for `GraceCell::store`, which has done the checks.
+    pub(super) fn retire_unchecked(&self, value: Retired) {
+        self.defer(value, true);
+    }
+
+    /// Hands `value` to the domain without ever waiting, even over the backlog limit: for the
+    /// drop of a cancelled future (`GraceCell::replace_async`). The value must have been
+    /// unpublished before this call.
+    pub(crate) fn defer_drop(&self, value: Retired) {
+        self.defer(value, false);
+    }
+
+    /// Queues `value` for the first grace period that starts after this call (see
+    /// `deferred.rs`). With `may_wait`, a full backlog is emptied first (as by `barrier`),
+    /// unless this thread is running the domain's deferred drops.
+    fn defer(&self, value: Retired, may_wait: bool) {
+        let may_wait = may_wait && !self.running_drops_here();
+        let mut value = Some(value);
+        loop {
+            let mut steps = self.lock_steps();
+            self.finish_if_done(&mut steps);
+            // The first grace period to start after this point, so after the caller
+            // unpublished the value: it waits for every section that could see it. Read under
+            // the step lock, which every start holds, so targets never decrease.
+            let target = steps.started + 1;
+            let mut backlog = self.backlog.lock();
+            if may_wait && backlog.len() >= self.backlog_limit {
+                drop((backlog, steps));
+                self.empty_backlog();
+                continue;
+            }
+            let open = backlog.push(target, value.take().expect("pushed once"));
+            let len = backlog.len();
+            // Relaxed: a hint for `collect`, written under the backlog lock.
+            self.backlog_front
+                .store(backlog.front_target(), Ordering::Relaxed);
+            drop(backlog);
+            // A full batch asks for its grace period; so does a value that must not wait (a
+            // cancelled future's, rare: its drop should not wait for a batch to fill).
+            if !may_wait || open >= BATCH.min(self.backlog_limit) || len >= self.backlog_limit {
+                steps.wanted = steps.wanted.max(target);
+            }
+            self.start_if_wanted(&mut steps);
+            drop(steps);
+            self.collect();
             return;
         }
-        // Acquire: pairs with the Release that counted the grace period complete, so every
-        // access of the sections it waited for happens-before the drops.
-        let completed = self.completed.load(Ordering::Acquire);
-        let mut ready = Vec::new();
-        {
-            let Some(mut values) = self.deferred.values.try_lock() else {
-                // Another caller is collecting.
-                return;
-            };
-            let mut i = 0;
-            while i < values.len() {
-                if values[i].0 <= completed {
-                    ready.push(values.swap_remove(i));
-                } else {
-                    i += 1;
-                }
-            }
-            // Relaxed: as in `defer_drop`.
-            self.deferred.len.fetch_sub(ready.len(), Ordering::Relaxed);
+    }
+
+    /// Whether the calling thread holds `dropping` (is inside a deferred `Drop` of this
+    /// domain). Never true under loom, where thread tokens are 0.
+    fn running_drops_here(&self) -> bool {
+        let me = platform::thread_token();
+        // Relaxed: only this thread stores its own token, so reading it back means it holds the
+        // drop lock now (it clears the token before unlocking).
+        me != 0 && self.dropping_thread.load(Ordering::Relaxed) == me
+    }
+
+    /// Drops the deferred values whose grace period has ended, unless another thread is
+    /// dropping some right now (it will be back for more on a later call).
+    fn collect(&self) {
+        // Relaxed, both: a hint; a stale value only delays a drop to a later call (`barrier`
+        // and a full backlog do not use it). `drop_ready` loads `completed` again, `Acquire`.
+        if self.completed.load(Ordering::Relaxed) < self.backlog_front.load(Ordering::Relaxed) {
+            return;
         }
-        // Outside the lock: a value's drop may use the domain.
+        if let Some(dropping) = self.dropping.try_lock() {
+            self.drop_ready(dropping);
+        }
+    }
+
+    /// Takes the ready values out of the backlog and drops them, holding the drop lock
+    /// (`dropping`) until the last drop has run.
+    fn drop_ready(&self, dropping: MutexGuard<'_, ()>) {
+        // Acquire: pairs with the Release that counted the grace period complete
+        // (`finish_if_done`), so every access of the sections it waited for happens-before the
+        // drops.
+        let completed = self.completed.load(Ordering::Acquire);
+        let ready = {
+            let mut backlog = self.backlog.lock();
+            let ready = backlog.take_ready(completed);
+            // Relaxed: as in `defer`.
+            self.backlog_front
+                .store(backlog.front_target(), Ordering::Relaxed);
+            ready
+        };
+        if ready.is_empty() {
+            return;
+        }
+        let _running = RunningDrops::enter(&self.dropping_thread, dropping);
+        // Outside the backlog and step locks: a value's drop may use the domain.
         drop(ready);
+    }
+
+    /// Waits until every value retired before this call has been dropped, by whichever thread
+    /// ran its drop (liburcu's `rcu_barrier`). Use it before tearing down what the deferred
+    /// `Drop`s need (a thread pool, a library about to be unloaded), or in tests.
+    ///
+    /// Blocking: returns at once if the backlog is empty and no drop is running; else waits
+    /// for one grace period (as [`synchronize`](Self::synchronize)), then for a deferred drop
+    /// running on another thread, then runs the due drops itself, on this thread. Values
+    /// retired during the call may or may not be dropped by it.
+    ///
+    /// # Panics
+    ///
+    /// If called from a deferred `Drop` running on this domain (it would wait for itself); in
+    /// builds with `debug_assertions`, also if the calling thread is inside a read section of
+    /// this domain.
+    ///
+    /// ```
+    /// use drainable::GraceCell;
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    ///
+    /// struct Flag(Arc<AtomicBool>);
+    /// impl Drop for Flag {
+    ///     fn drop(&mut self) { self.0.store(true, Ordering::Relaxed) }
+    /// }
+    /// let dropped = Arc::new(AtomicBool::new(false));
+    /// let cell = GraceCell::new(Flag(Arc::clone(&dropped)));
+    /// cell.store(Flag(Arc::new(AtomicBool::new(false)))); // retires the first Flag
+    /// cell.domain().barrier();
+    /// assert!(dropped.load(Ordering::Relaxed));
+    /// ```
+    pub fn barrier(&self) {
+        if self.running_drops_here() {
+            barrier_in_drop();
+        }
+        track::assert_not_held(self.id, "GraceDomain::barrier");
+        {
+            let _dropping = self.dropping.lock();
+            if self.backlog.lock().len() == 0 {
+                // Every value retired before the call was taken by a collector, and the drop
+                // lock we hold says that collector has finished.
+                return;
+            }
+        }
+        self.empty_backlog();
+    }
+
+    /// The body of `barrier` (and of a `retire` that found the backlog full): a grace period
+    /// that starts after this call, then the drops, under the drop lock.
+    fn empty_backlog(&self) {
+        let done = self.wait_for(self.start_grace_period(), None);
+        debug_assert!(done);
+        // Every value queued before this call waits for a grace period no later than the one
+        // just completed. Blocking: a collector on another thread may be dropping some.
+        let dropping = self.dropping.lock();
+        self.drop_ready(dropping);
+    }
+
+    /// How many retired values wait for their grace period (a snapshot).
+    ///
+    /// ```
+    /// let d = drainable::GraceDomain::new();
+    /// d.retire(vec![1, 2, 3]);
+    /// assert_eq!(d.backlog(), 1); // a batch asks for its grace period when it is full
+    /// d.barrier();
+    /// assert_eq!(d.backlog(), 0);
+    /// ```
+    pub fn backlog(&self) -> usize {
+        self.backlog.lock().len()
     }
 
     /// Blocks until `cookie`'s grace period ended, or until the deadline. Returns whether it
@@ -526,17 +775,54 @@ impl GraceDomain {
     }
 
     /// Bytes the domain holds outside itself: each phase's slots in the per-CPU arena (8
-    /// bytes per slot), from that phase's first read section on; 0 before.
+    /// bytes per slot), from that phase's first read section on (0 before), and the backlog
+    /// of deferred drops (its queue and the boxed values, not what the values own in turn).
     ///
     /// ```
     /// let d = drainable::GraceDomain::new();
     /// assert_eq!(d.heap_bytes(), 0);
     /// drop(d.enter());
-    /// assert!(d.heap_bytes() >= 8);
+    /// let idle = d.heap_bytes();
+    /// assert!(idle >= 8);
+    /// d.retire([0u8; 4096]);
+    /// assert!(d.heap_bytes() >= idle + 4096);
+    /// d.barrier();
     /// ```
     pub fn heap_bytes(&self) -> usize {
-        self.phases[0].heap_bytes() + self.phases[1].heap_bytes()
+        self.phases[0].heap_bytes() + self.phases[1].heap_bytes() + self.backlog.lock().heap_bytes()
     }
+}
+
+/// The drop lock held while deferred drops run, with its holder's thread token set (and
+/// cleared before the unlock, on unwind too).
+struct RunningDrops<'a> {
+    owner: &'a AtomicUsize,
+    _lock: MutexGuard<'a, ()>,
+}
+
+impl<'a> RunningDrops<'a> {
+    fn enter(owner: &'a AtomicUsize, lock: MutexGuard<'a, ()>) -> Self {
+        // Relaxed: read back only by this thread (`running_drops_here`).
+        owner.store(platform::thread_token(), Ordering::Relaxed);
+        RunningDrops { owner, _lock: lock }
+    }
+}
+
+impl Drop for RunningDrops<'_> {
+    fn drop(&mut self) {
+        // Relaxed: as in `enter`; runs before `_lock` unlocks.
+        self.owner.store(0, Ordering::Relaxed);
+    }
+}
+
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn barrier_in_drop() -> ! {
+    panic!(
+        "drainable: GraceDomain::barrier called from a deferred Drop running on the same domain; \
+         it would wait forever for the drops this thread is running"
+    );
 }
 
 #[cold]
@@ -622,8 +908,8 @@ impl fmt::Debug for ReadSection<'_> {
 #[cfg(all(test, not(drainable_loom)))]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicBool;
-    use std::sync::mpsc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use std::sync::{Arc, mpsc};
     use std::thread;
 
     use crate::test_support::hold_on_thread;
@@ -776,6 +1062,199 @@ mod tests {
         drop(a);
         drop(b);
         d.synchronize();
+    }
+
+    /// A value that counts its drops.
+    struct Count(Arc<AtomicUsize>);
+    impl Drop for Count {
+        fn drop(&mut self) {
+            // Relaxed: read after a barrier or join, which order it.
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn counter() -> Arc<AtomicUsize> {
+        Arc::new(AtomicUsize::new(0))
+    }
+
+    #[test]
+    fn a_retired_value_outlives_the_sections_before_it() {
+        let d = GraceDomain::new();
+        let drops = counter();
+        thread::scope(|s| {
+            let hold = hold_on_thread(s, || d.enter());
+            d.retire(Count(Arc::clone(&drops)));
+            // Every call that may run drops, while the section is open: none may drop it.
+            let cookie = d.start_grace_period();
+            assert!(!d.poll_grace_period(cookie));
+            d.synchronize_timeout(Duration::ZERO).unwrap_err();
+            d.retire(0u8);
+            assert_eq!(drops.load(Ordering::Relaxed), 0);
+            assert_eq!(d.backlog(), 2);
+            drop(hold);
+            d.barrier();
+            assert_eq!(drops.load(Ordering::Relaxed), 1);
+            assert_eq!(d.backlog(), 0);
+        });
+    }
+
+    #[test]
+    fn a_full_batch_asks_for_its_grace_period_and_the_next_call_drops_it() {
+        let d = GraceDomain::new();
+        let drops = counter();
+        for _ in 0..BATCH {
+            d.retire(Count(Arc::clone(&drops)));
+        }
+        // The batch asked for a grace period, which no reader holds up; the next retire
+        // completes it and drops the batch.
+        assert_eq!(d.completed.load(Ordering::Relaxed), 0);
+        d.retire(Count(Arc::clone(&drops)));
+        assert_eq!(drops.load(Ordering::Relaxed), BATCH);
+        assert_eq!(d.backlog(), 1);
+        d.barrier();
+        assert_eq!(drops.load(Ordering::Relaxed), BATCH + 1);
+    }
+
+    #[test]
+    fn a_full_backlog_makes_retire_wait_for_the_stalled_reader() {
+        let d = GraceDomain::with_backlog_limit(2);
+        let drops = counter();
+        let retired = AtomicBool::new(false);
+        thread::scope(|s| {
+            let hold = hold_on_thread(s, || d.enter());
+            d.retire(Count(Arc::clone(&drops)));
+            d.retire(Count(Arc::clone(&drops)));
+            let third = s.spawn(|| {
+                d.retire(Count(Arc::clone(&drops)));
+                retired.store(true, Ordering::Relaxed);
+            });
+            // It cannot finish while the reader holds the grace period (the sleep only gives
+            // it the chance to do wrong).
+            thread::sleep(Duration::from_millis(20));
+            assert!(!retired.load(Ordering::Relaxed));
+            assert!(d.backlog() <= 2);
+            assert_eq!(drops.load(Ordering::Relaxed), 0);
+            drop(hold);
+            third.join().unwrap();
+            // It dropped the first two itself before queueing its own.
+            assert_eq!(drops.load(Ordering::Relaxed), 2);
+            assert_eq!(d.backlog(), 1);
+        });
+        d.barrier();
+        assert_eq!(drops.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn barrier_waits_for_a_drop_running_on_another_thread() {
+        struct Slow {
+            started: mpsc::Sender<()>,
+            go: mpsc::Receiver<()>,
+            done: Arc<AtomicBool>,
+        }
+        impl Drop for Slow {
+            fn drop(&mut self) {
+                self.started.send(()).unwrap();
+                self.go.recv().unwrap();
+                // Relaxed: the barrier's drop lock orders it before the barrier returns.
+                self.done.store(true, Ordering::Relaxed);
+            }
+        }
+        let d = GraceDomain::with_backlog_limit(1);
+        let (started_tx, started) = mpsc::channel();
+        let (go, go_rx) = mpsc::channel();
+        let done = Arc::new(AtomicBool::new(false));
+        d.retire(Slow {
+            started: started_tx,
+            go: go_rx,
+            done: Arc::clone(&done),
+        });
+        thread::scope(|s| {
+            // With a limit of 1 the batch has asked for its grace period; this call completes
+            // it and runs the drop, which blocks inside `Drop` until told to go on.
+            let collector = s.spawn(|| d.retire(0u8));
+            started.recv().unwrap();
+            let barrier = s.spawn(|| {
+                d.barrier();
+                assert!(
+                    done.load(Ordering::Relaxed),
+                    "barrier returned before the drop ran"
+                );
+            });
+            thread::sleep(Duration::from_millis(20));
+            go.send(()).unwrap();
+            collector.join().unwrap();
+            barrier.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn a_deferred_drop_may_retire_into_its_domain_but_not_wait_on_it() {
+        struct Chain(Arc<GraceDomain>, usize, Arc<AtomicUsize>);
+        impl Drop for Chain {
+            fn drop(&mut self) {
+                self.2.fetch_add(1, Ordering::Relaxed);
+                if self.1 > 0 {
+                    // A value's drop retires the next (a list freed link by link): past the
+                    // limit, without waiting.
+                    self.0.retire(Count(Arc::clone(&self.2)));
+                }
+            }
+        }
+        let d = Arc::new(GraceDomain::with_backlog_limit(1));
+        let drops = counter();
+        d.retire(Chain(Arc::clone(&d), 1, Arc::clone(&drops)));
+        d.barrier();
+        assert_eq!(drops.load(Ordering::Relaxed), 1);
+        assert_eq!(d.backlog(), 1); // the link retired by the drop
+        d.barrier();
+        assert_eq!(drops.load(Ordering::Relaxed), 2);
+
+        struct Waits(Arc<GraceDomain>);
+        impl Drop for Waits {
+            fn drop(&mut self) {
+                self.0.barrier();
+            }
+        }
+        d.retire(Waits(Arc::clone(&d)));
+        let r = std::panic::catch_unwind(|| d.barrier());
+        let msg = *r.unwrap_err().downcast::<&str>().unwrap();
+        assert!(msg.contains("barrier called from a deferred Drop"), "{msg}");
+        // The panic left the domain usable.
+        d.retire(1u8);
+        d.barrier();
+        assert_eq!(d.backlog(), 0);
+    }
+
+    #[test]
+    fn heap_bytes_counts_the_backlog() {
+        let d = GraceDomain::new();
+        let idle = d.heap_bytes();
+        d.retire([0u64; 64]);
+        assert_eq!(d.backlog(), 1); // one value does not fill a batch
+        assert!(d.heap_bytes() >= idle + 512);
+        d.barrier();
+        let after = d.heap_bytes();
+        // The queue keeps its buffer; the value is gone.
+        assert!(after < idle + 512, "{after} vs {idle}");
+    }
+
+    #[test]
+    fn values_left_in_the_backlog_drop_with_the_domain() {
+        let drops = counter();
+        let d = GraceDomain::new();
+        d.retire(Count(Arc::clone(&drops)));
+        assert_eq!(drops.load(Ordering::Relaxed), 0);
+        drop(d);
+        assert_eq!(drops.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    #[cfg_attr(not(debug_assertions), ignore = "detection is a debug-build check")]
+    #[should_panic(expected = "GraceDomain::retire called on a thread that holds")]
+    fn retire_inside_a_section_panics() {
+        let d = GraceDomain::new();
+        let _s = d.enter();
+        d.retire(1u8);
     }
 
     #[test]

@@ -42,9 +42,13 @@
 //! - `domain.rs`: [`GraceDomain`], its read sections ([`ReadSection`]), cookies
 //!   ([`GraceCookie`]) and timeout error ([`GraceTimeoutError`]).
 //! - `cell.rs`: [`GraceCell`] and its read guard ([`GraceGuard`]), built on a domain.
+//! - `deferred.rs`: the backlog of deferred drops ([`GraceDomain::retire`],
+//!   [`GraceCell::store`]) and the batch and barrier protocol.
 
 mod cell;
+mod deferred;
 mod domain;
 
 pub use cell::{GraceCell, GraceGuard, OwnedGraceGuard};
+pub(crate) use deferred::Retired;
 pub use domain::{GraceCookie, GraceDomain, GraceTimeoutError, ReadSection};
