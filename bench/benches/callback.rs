@@ -347,7 +347,11 @@ fn bench_callback(c: &mut Criterion) {
         let mut group = c.benchmark_group(name);
         let g = &mut group;
         bench_case(g, name, &Plain(PAYLOAD));
-        bench_case(g, name, &DrainableCase(Drainable::new(PAYLOAD), "drainable"));
+        bench_case(
+            g,
+            name,
+            &DrainableCase(Drainable::new(PAYLOAD), "drainable"),
+        );
         bench_case(
             g,
             name,
