@@ -138,7 +138,7 @@ fn grace_benches(c: &mut Criterion) {
                     b.iter(|| {
                         i += 1;
                         c.store(i);
-                        if i % 1024 == 0 {
+                        if i.is_multiple_of(1024) {
                             max_backlog = max_backlog.max(c.domain().backlog());
                         }
                     });
