@@ -3,6 +3,7 @@
 //! checks the figures the docs state (docs/design.md §6, the memory tables of
 //! docs/benchmarks.md): no slots, so no growth with the CPU count, until a guard needs them;
 //! then 8 bytes per slot, at most 64 slots.
+#![cfg(all(target_os = "linux", not(miri)))] // Miri cannot spawn the child processes
 
 mod child;
 
