@@ -114,7 +114,7 @@ struct World {
     domain: Arc<GraceDomain>,
     /// The rcutorture "current" pointer, written by the synchronize, poll and retire writers.
     current: AtomicPtr<Elem>,
-    cell: GraceCell<Stored>,
+    cell: Arc<GraceCell<Stored>>,
     stop: AtomicBool,
     stats: Arc<Stats>,
 }
@@ -178,18 +178,45 @@ fn check(e: &Elem, stats: &Stats, rng: &mut Rng) {
 fn reader(w: &World, seed: u64) {
     let mut rng = Rng(seed | 1);
     while !w.stop.load(Ordering::Relaxed) {
-        if rng.next() % 2 == 0 {
-            let _section = w.domain.enter();
-            // Acquire: pairs with the writers' swap (publish → reader).
-            let p = w.current.load(Ordering::Acquire);
-            // SAFETY: freed only after grace periods that began after it was unpublished; this
-            // section began before them (the property under test).
-            check(unsafe { &*p }, &w.stats, &mut rng);
-        } else {
-            let g = w.cell.read();
-            let e = g.0.as_ref().expect("published values hold an element");
-            // SAFETY: as above; the cell's value is dropped only after a grace period.
-            check(unsafe { e.elem.as_ref() }, &w.stats, &mut rng);
+        // Every place a section can be counted: the thread's record (`enter`, `read`), the
+        // per-CPU slots (`read_owned`), and both at once (nested sections past the record's
+        // four entries go to the slots).
+        match rng.next() % 4 {
+            0 => {
+                let _section = w.domain.enter();
+                // Acquire: pairs with the writers' swap (publish → reader).
+                let p = w.current.load(Ordering::Acquire);
+                // SAFETY: freed only after grace periods that began after it was unpublished;
+                // this section began before them (the property under test).
+                check(unsafe { &*p }, &w.stats, &mut rng);
+            }
+            1 => {
+                let g = w.cell.read();
+                let e = g.0.as_ref().expect("published values hold an element");
+                // SAFETY: as above; the cell's value is dropped only after a grace period.
+                check(unsafe { e.elem.as_ref() }, &w.stats, &mut rng);
+            }
+            2 => {
+                let g = w.cell.read_owned();
+                let e = g.0.as_ref().expect("published values hold an element");
+                // SAFETY: as above.
+                check(unsafe { e.elem.as_ref() }, &w.stats, &mut rng);
+            }
+            _ => {
+                let depth = 1 + (rng.next() % 6) as usize;
+                let mut sections: Vec<_> = (0..depth).map(|_| w.domain.enter()).collect();
+                // Acquire: as above. Loaded inside the innermost section, checked while the
+                // sections end one by one, in a random order: the outermost left open is what
+                // protects the element.
+                let p = w.current.load(Ordering::Acquire);
+                while sections.len() > 1 {
+                    let i = (rng.next() as usize) % sections.len();
+                    drop(sections.swap_remove(i));
+                    // SAFETY: as above: at least one section that began before `p` was
+                    // loaded is still open.
+                    check(unsafe { &*p }, &w.stats, &mut rng);
+                }
+            }
         }
     }
 }
@@ -303,7 +330,7 @@ fn grace_torture() {
     };
     let w = World {
         current: AtomicPtr::new(new_elem().as_ptr()),
-        cell: GraceCell::with_domain(Stored(Some(first)), Arc::clone(&domain)),
+        cell: Arc::new(GraceCell::with_domain(Stored(Some(first)), Arc::clone(&domain))),
         domain,
         stop: AtomicBool::new(false),
         stats,

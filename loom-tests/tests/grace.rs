@@ -2,6 +2,12 @@
 //! read sections, concurrent synchronizers, and the poll API. Values hold loom-checked cells, so
 //! a reader access that does not happen-before the writer's poisoning of the old value (after
 //! `replace` returned it) is reported as a data race. At most three threads per scenario.
+//!
+//! A read section is counted in one of two places, and the scenarios where a section races a
+//! grace period run for both (`_on_a_record` / `_in_the_slots`): the reading thread's record
+//! (`GraceDomain::enter`, `GraceCell::read`: a store of the domain's tag, a re-read of the
+//! phase, against the grace period's flip, heavy barrier and scan) and the per-CPU slots
+//! (`GraceCell::read_owned`, and any section past a thread's free entries: two under loom).
 
 use drainable::{GraceCell, GraceDomain};
 use drainable_loom_tests::atomic::{AtomicBool, Ordering};
@@ -10,15 +16,42 @@ use std::sync::Arc;
 
 const POISON: u32 = 0xdead;
 
+/// Where a scenario's reader counts its section.
+#[derive(Clone, Copy, Debug)]
+enum Path {
+    /// `read`: an entry of the reader's record.
+    Record,
+    /// `read_owned`: a per-CPU slot.
+    Slots,
+}
+
+/// One read of `cell` along `path`, returning what the section saw.
+fn read(cell: &Arc<GraceCell<Cell<u32>>>, path: Path) -> u32 {
+    match path {
+        Path::Record => cell.read().get(),
+        Path::Slots => cell.read_owned().get(),
+    }
+}
+
 /// A reader sees the old or the new value, never a poisoned (given back) one.
 #[test]
-fn reader_sees_old_or_new_never_freed() {
-    model(|| {
+fn reader_sees_old_or_new_never_freed_on_a_record() {
+    reader_sees_old_or_new_never_freed(Path::Record);
+}
+
+/// The same, the section counted in the slots.
+#[test]
+fn reader_sees_old_or_new_never_freed_in_the_slots() {
+    reader_sees_old_or_new_never_freed(Path::Slots);
+}
+
+fn reader_sees_old_or_new_never_freed(path: Path) {
+    model(move || {
         let cell = Arc::new(GraceCell::new(Cell::new(1u32)));
         let reader = {
             let cell = Arc::clone(&cell);
             thread::spawn(move || {
-                let v = cell.read().get();
+                let v = read(&cell, path);
                 assert!(v == 1 || v == 2, "read {v:#x}");
             })
         };
@@ -124,17 +157,28 @@ fn concurrent_synchronizers() {
 }
 
 /// Two grace periods in a row against one slow reader: the reader may read `phase` before the
-/// first flip and reach its slot after the first grace period ended. It must then not slip into
-/// a phase the second grace period ignores (the bug loom found in an earlier design, which
-/// reopened a phase as soon as its grace period ended).
+/// first flip and reach its slot (or store its entry) after the first grace period ended. It
+/// must then not slip into a phase the second grace period ignores: in the slots, the bug loom
+/// found in an earlier design, which reopened a phase as soon as its grace period ended; on a
+/// record, what the re-read of the phase after the entry's store prevents.
 #[test]
-fn slow_reader_across_two_grace_periods() {
-    model(|| {
+fn slow_reader_across_two_grace_periods_on_a_record() {
+    slow_reader_across_two_grace_periods(Path::Record);
+}
+
+/// The same, the section counted in the slots.
+#[test]
+fn slow_reader_across_two_grace_periods_in_the_slots() {
+    slow_reader_across_two_grace_periods(Path::Slots);
+}
+
+fn slow_reader_across_two_grace_periods(path: Path) {
+    model(move || {
         let cell = Arc::new(GraceCell::new(Cell::new(1u32)));
         let reader = {
             let cell = Arc::clone(&cell);
             thread::spawn(move || {
-                let v = cell.read().get();
+                let v = read(&cell, path);
                 assert!((1..=3).contains(&v), "read {v:#x}");
             })
         };
@@ -159,7 +203,7 @@ fn a_first_section_of_the_second_phase_races_its_fold() {
         let reader = {
             let cell = Arc::clone(&cell);
             thread::spawn(move || {
-                let v = cell.read().get();
+                let v = read(&cell, Path::Slots);
                 assert!(v == 2 || v == 3, "read {v:#x}");
             })
         };
@@ -227,5 +271,55 @@ fn a_cancelled_replace_async_never_frees_under_a_reader() {
         reader.join().unwrap();
         cell.domain().synchronize(); // collects the deferred value, if still there
         assert_eq!(cell.read().0.get(), 2);
+    });
+}
+
+/// Nested sections of one domain on one thread, spread over both places: the first two on the
+/// reader's record (two entries under loom), the third in the slots. A grace period waits for
+/// all three whatever order they end in, and none reads a value given back.
+#[test]
+fn nested_sections_span_a_record_and_the_slots() {
+    model(|| {
+        let cell = Arc::new(GraceCell::new(Cell::new(1u32)));
+        let reader = {
+            let cell = Arc::clone(&cell);
+            thread::spawn(move || {
+                let outer = cell.read();
+                let middle = cell.read();
+                let inner = cell.read(); // past the record's two entries: in the slots
+                drop(middle);
+                for v in [outer.get(), inner.get()] {
+                    assert!(v == 1 || v == 2, "read {v:#x}");
+                }
+                drop((inner, outer));
+            })
+        };
+        let old = cell.replace(Cell::new(2));
+        old.set(POISON);
+        reader.join().unwrap();
+    });
+}
+
+/// A section on a record and one in the slots, on two threads, against one grace period: it
+/// waits for both places (`synchronize` returns only after both sections' accesses).
+#[test]
+fn a_grace_period_waits_for_both_places_at_once() {
+    model(|| {
+        let cell = Arc::new(GraceCell::new(Cell::new(1u32)));
+        let readers: Vec<_> = [Path::Record, Path::Slots]
+            .into_iter()
+            .map(|path| {
+                let cell = Arc::clone(&cell);
+                thread::spawn(move || {
+                    let v = read(&cell, path);
+                    assert!(v == 1 || v == 2, "{path:?} read {v:#x}");
+                })
+            })
+            .collect();
+        let old = cell.replace(Cell::new(2));
+        old.set(POISON);
+        for r in readers {
+            r.join().unwrap();
+        }
     });
 }

@@ -1,8 +1,7 @@
 //! [`GraceDomain::synchronize_async`] and [`GraceCell::replace_async`]: grace periods as
 //! futures.
 
-use crate::grace::{GraceCell, GraceCookie, GraceDomain, Retired};
-use crate::platform::TaskWaiter;
+use crate::grace::{GraceCell, GraceCookie, GraceDomain, GraceWait, Retired};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -38,7 +37,7 @@ impl GraceDomain {
         Synchronize {
             domain: self,
             cookie: None,
-            waiter: TaskWaiter::new(),
+            wait: GraceWait::new(),
             parked: false,
             done: false,
         }
@@ -51,7 +50,7 @@ pub struct Synchronize<'a> {
     domain: &'a GraceDomain,
     /// The grace period asked for at the first poll.
     cookie: Option<GraceCookie>,
-    waiter: TaskWaiter,
+    wait: GraceWait,
     /// A poll returned `Pending`: the wait may have set `WAITING` on the domain's word.
     parked: bool,
     done: bool,
@@ -70,7 +69,7 @@ impl Future for Synchronize<'_> {
         let cookie = *this
             .cookie
             .get_or_insert_with(|| domain.start_grace_period());
-        match domain.poll_for(cookie, &mut this.waiter, cx) {
+        match domain.poll_for(cookie, &mut this.wait, cx) {
             Poll::Ready(()) => {
                 this.done = true;
                 Poll::Ready(())
@@ -140,7 +139,7 @@ impl<T: Send + 'static> GraceCell<T> {
             cell: self,
             new: Some(Box::new(value)),
             old: None,
-            waiter: TaskWaiter::new(),
+            wait: GraceWait::new(),
             parked: false,
         }
     }
@@ -155,7 +154,7 @@ pub struct Replace<'a, T: Send + 'static> {
     /// The value unpublished by the first poll and the grace period it waits for, until the
     /// future completes.
     old: Option<(OldValue<T>, GraceCookie)>,
-    waiter: TaskWaiter,
+    wait: GraceWait,
     parked: bool,
 }
 
@@ -189,7 +188,7 @@ impl<T: Send + 'static> Future for Replace<'_, T> {
             .old
             .as_ref()
             .expect("drainable: a Replace future was polled after it completed");
-        match domain.poll_for(*cookie, &mut this.waiter, cx) {
+        match domain.poll_for(*cookie, &mut this.wait, cx) {
             Poll::Ready(()) => {
                 let (old, _) = this.old.take().expect("checked above");
                 // SAFETY: the value came from `Box::into_raw`, was unpublished before the grace

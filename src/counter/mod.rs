@@ -15,7 +15,6 @@ mod per_cpu;
 mod shared;
 
 pub use per_cpu::PerCpu;
-#[cfg(test)]
 pub(crate) use per_cpu::records;
 pub(crate) use per_cpu::slots;
 pub use shared::Shared;

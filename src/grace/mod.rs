@@ -5,7 +5,12 @@
 //!
 //! A domain has two phases, each a set of folding per-CPU counters (`counter/per_cpu/slots.rs`,
 //! shared with [`PerCpuDrainable`](crate::PerCpuDrainable)), and a `phase` word saying where new
-//! readers go.
+//! readers go. Most sections are not counted in the slots at all but on the reading thread's
+//! record (`counter/per_cpu/records.rs`): an entry tagged with the domain and the phase, with
+//! plain stores, which a grace period finds after its flip and a `membarrier`
+//! (`docs/design.md` §7a). What follows is the slot protocol, used by owned sections
+//! ([`GraceCell::read_owned`]), by a thread's sections past its record's free entries, and
+//! where `membarrier` is unavailable; a grace period waits for both places.
 //!
 //! - **enter**: read `phase` (`Acquire`), increment the current CPU's slot of that phase. If
 //!   the slot is folded, a grace period has flipped the phase in between: read `phase` again
@@ -51,4 +56,5 @@ mod domain;
 
 pub use cell::{GraceCell, GraceGuard, OwnedGraceGuard};
 pub(crate) use deferred::Retired;
+pub(crate) use domain::GraceWait;
 pub use domain::{GraceCookie, GraceDomain, GraceTimeoutError, ReadSection};

@@ -195,6 +195,77 @@ pub(crate) unsafe fn release(hold: LocalHold) {
     }
 }
 
+/// The value a read section of the grace domain `id` writes into its entry while `phase` is
+/// current: the domain's id with the phase in bit 63. Ids count up from 1 and stay far below
+/// 2^63, so a tag never equals another domain's or a per-CPU drainable's id.
+#[inline]
+pub(crate) fn section_tag(id: u64, phase: u32) -> u64 {
+    debug_assert!(id < 1 << 63 && phase <= 1);
+    id | u64::from(phase) << 63
+}
+
+/// Enters a read section of the grace domain `id` on this thread's record: writes the tag of
+/// the current phase into a free entry, then re-reads `phase`, and moves the entry to the new
+/// phase for as long as the phase has changed in between. Returns the hold and the phase the
+/// section counts in, or `None` (no record on this thread, or all its entries taken).
+///
+/// Why the re-read (`docs/design.md` §7): a grace period flips `phase`, runs the heavy barrier,
+/// then waits for the entries tagged with the old phase. The store of the tag and the re-read
+/// pair with the flip and the barrier as an asymmetric Dekker: either the re-read sees the
+/// flip (and the section moves to the new phase, having acquired everything the writer
+/// published before it), or the grace period's scan sees the tag and waits. Without the
+/// re-read, a section that read the old phase just before a flip and stored its tag just
+/// after the scan would stay in a phase that the *next* grace period does not wait for.
+#[inline]
+pub(crate) fn try_enter(id: u64, phase: &AtomicU32) -> Option<LocalHold> {
+    let record = current()?;
+    // Acquire: as in `Record::try_hold`.
+    let entry = if record.entries[0].load(Ordering::Acquire) == 0 {
+        &record.entries[0]
+    } else {
+        record.other_free_entry()?
+    };
+    // Relaxed: a guess; the re-read below is the load that orders the section.
+    let mut current = phase.load(Ordering::Relaxed) & 1;
+    // Release: as in `Record::try_hold` (a claim after a clear keeps the clear's ordering).
+    entry.store(section_tag(id, current), Ordering::Release);
+    light_barrier();
+    loop {
+        // Acquire: pairs with the flip's Release (a writer's publish → this reader). The load
+        // that the Dekker pairs with the grace period's barrier.
+        let now = phase.load(Ordering::Acquire) & 1;
+        if now == current {
+            return Some(LocalHold { record, entry });
+        }
+        current = now;
+        move_entry(record, entry, section_tag(id, current));
+    }
+}
+
+/// A section's entry moves to the new phase (a grace period flipped it while the section was
+/// entering): a grace period already waiting on the old tag is woken, as a release would.
+#[cold]
+#[inline(never)]
+fn move_entry(record: &Record, entry: &AtomicU64, tag: u64) {
+    // Release: as a claim in `Record::try_hold`.
+    entry.store(tag, Ordering::Release);
+    light_barrier();
+    // Relaxed: as in `release`.
+    if record.waiters.load(Ordering::Relaxed) != 0 {
+        wake(record);
+    }
+}
+
+/// The heavy barrier a grace period runs after flipping its domain's phase and before reading
+/// the entries (see [`try_enter`]). `Err` only if `deadline` passed inside the signal barrier.
+pub(crate) fn grace_barrier(deadline: Option<Instant>) -> Result<(), ()> {
+    if enabled() {
+        heavy_barrier(deadline)
+    } else {
+        Ok(())
+    }
+}
+
 #[cold]
 #[inline(never)]
 fn wake(record: &Record) {
@@ -230,6 +301,15 @@ impl std::fmt::Debug for RecordWait {
 }
 
 impl RecordWait {
+    /// The progress of a waiter that knows a heavy barrier has run after the event that stops
+    /// new entries of what it waits for (a grace period runs it when it flips the phase).
+    pub(crate) fn after_barrier() -> Self {
+        RecordWait {
+            barrier: true,
+            announced: None,
+        }
+    }
+
     /// Counts this drainer in `record`'s `waiters` (and out of the one before). Returns whether
     /// that is new: a heavy barrier must then run before the record's entries are read.
     fn announce(&mut self, record: &'static Record) -> bool {
@@ -296,8 +376,26 @@ pub(crate) fn wait_released_with<P: platform::Park>(
     park: &mut P,
     progress: &mut RecordWait,
 ) -> Result<Result<Waited, ()>, P::Pending> {
-    let is_over = || word.close_is_over(hold, &is_current);
-    // A drain already over needs no barrier and no scan.
+    wait_clear_with(
+        id,
+        || word.close_is_over(hold, &is_current),
+        deadline,
+        park,
+        progress,
+    )
+}
+
+/// Waits until no entry holds `id` (after the event that stops new entries of `id`: a close,
+/// or a grace period's phase flip), or until `is_over` says the wait is moot, or until
+/// `deadline` (`Err`). Runs the heavy barrier first unless `progress` says it has run.
+pub(crate) fn wait_clear_with<P: platform::Park>(
+    id: u64,
+    is_over: impl Fn() -> bool,
+    deadline: Option<Instant>,
+    park: &mut P,
+    progress: &mut RecordWait,
+) -> Result<Result<Waited, ()>, P::Pending> {
+    // A wait already over needs no barrier and no scan.
     if is_over() {
         return Ok(Ok(Waited::Over));
     }
@@ -607,6 +705,27 @@ impl platform::Owners for RecordList {
             f(&record.handshake, &record.in_use);
         }
     }
+}
+
+/// Drainers counted on any record right now (tests of other modules).
+#[cfg(all(test, not(drainable_loom)))]
+pub(crate) fn announced() -> u32 {
+    records().map(|r| r.waiters.load(Ordering::Relaxed)).sum()
+}
+
+/// Drainers counted on `record` (an address from [`record_of_this_thread`]).
+#[cfg(all(test, not(drainable_loom)))]
+pub(crate) fn announced_on(record: usize) -> u32 {
+    // SAFETY: records are never freed.
+    unsafe { &*(record as *const Record) }
+        .waiters
+        .load(Ordering::Relaxed)
+}
+
+/// This thread's record, as an address (tests of other modules).
+#[cfg(all(test, not(drainable_loom)))]
+pub(crate) fn record_of_this_thread() -> Option<usize> {
+    current().map(|r| r as *const Record as usize)
 }
 
 #[cfg(all(test, not(drainable_loom)))]
