@@ -23,6 +23,7 @@ const CALLBACK_CASES: &[(&str, &str)] = &[
     ("arc", "`Arc` clone + drop"),
     ("rwlock", "`RwLock::read` + unlock"),
     ("crossbeam_epoch", "`crossbeam_epoch::pin` + `Atomic` load"),
+    ("seize", "`seize::Collector::enter` + `Guard::protect`"),
     ("arc_swap", "`ArcSwap::load`"),
     ("run_down", "`run_down::RundownRef::try_acquire` + drop"),
 ];
@@ -82,7 +83,7 @@ fn main() {
 
     let mut md = String::new();
     header(&mut md);
-    callback_table(&mut md, &results);
+    callback_tables(&mut md, &results);
     latency_table(&mut md, &results, "drain", "Drain latency", DRAIN_NOTES);
     latency_table(
         &mut md,
@@ -149,6 +150,13 @@ fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// The thread counts `callback.rs` measures: 1, and every core if there is more than one.
+fn thread_counts() -> Vec<usize> {
+    let mut v = vec![1, threads()];
+    v.dedup();
+    v
+}
+
 fn header(md: &mut String) {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -181,33 +189,116 @@ fn header(md: &mut String) {
     );
 }
 
-fn callback_table(md: &mut String, r: &BTreeMap<String, f64>) {
-    let n = threads();
-    let get = |case: &str, t: usize| r.get(&format!("callback/{case}/{t}")).copied();
+/// The two hot-path harnesses of `bench/benches/callback.rs`: criterion group and what it is.
+const HARNESSES: &[(&str, &str)] = &[
+    (
+        "callback",
+        "the inlined loop: `call` inlined into the timed loop, on the benchmark's own thread at \
+         1 thread",
+    ),
+    (
+        "callback_opaque",
+        "each `call` behind a boxed `dyn Fn`, on freshly spawned threads, the way a registry or \
+         a plugin host reaches it (no thread-local lookup or check hoisted out of the loop)",
+    ),
+];
+
+/// `group/case/threads` for a callback harness.
+fn callback_ns(r: &BTreeMap<String, f64>, group: &str, case: &str, t: usize) -> Option<f64> {
+    r.get(&format!("{group}/{case}/{t}")).copied()
+}
+
+/// The overhead over the unprotected call of the same run: `case - plain`, in nanoseconds.
+fn overhead(r: &BTreeMap<String, f64>, group: &str, case: &str, t: usize) -> Option<f64> {
+    Some(callback_ns(r, group, case, t)? - callback_ns(r, group, "plain", t)?)
+}
+
+/// `case`'s overhead divided by `base`'s (`(case - plain) / (base - plain)`); none if either is
+/// missing or `base`'s overhead is not above the unprotected call (nothing to divide by).
+fn overhead_ratio(
+    r: &BTreeMap<String, f64>,
+    group: &str,
+    case: &str,
+    base: &str,
+    t: usize,
+) -> Option<f64> {
+    let b = overhead(r, group, base, t)?;
+    (b > 0.0).then_some(overhead(r, group, case, t)? / b)
+}
+
+fn callback_tables(md: &mut String, r: &BTreeMap<String, f64>) {
     let _ = write!(
         md,
         "## Hot path: enter + a non-inlined callback + leave\n\n\
-         `bench/benches/callback.rs`. Nanoseconds per operation. *1 thread*: one thread alone; *{n}\n\
-         threads*: every core runs the same loop on the same object at once (time per op of the\n\
-         slowest thread). Ratios are against `Arc` clone/drop and `crossbeam_epoch::pin` at the\n\
-         same thread count.\n\n\
-         | case | what | 1 thread | ÷ Arc | ÷ epoch | {n} threads | ÷ Arc | ÷ epoch |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|\n"
+         `bench/benches/callback.rs`. The cases:\n\n"
     );
     for (case, what) in CALLBACK_CASES {
-        let mut row = format!("| `{case}` | {what} |");
-        for t in [1, n] {
-            match (get(case, t), get("arc", t), get("crossbeam_epoch", t)) {
-                (Some(v), Some(a), Some(e)) => {
-                    let _ = write!(row, " {v:.2} | {:.2}x | {:.2}x |", v / a, v / e);
-                }
-                _ => row.push_str(" - | - | - |"),
-            }
+        let _ = writeln!(md, "- `{case}`: {what}");
+    }
+    let counts = thread_counts();
+    let n = threads();
+    let _ = write!(
+        md,
+        "\nNanoseconds per operation. *1 thread*: one thread alone; *{n} threads*: every core\n\
+         runs the same loop on the same object at once (time per op of the slowest thread).\n\
+         *overhead*: the case minus `plain` (the unprotected call) at the same thread count, in\n\
+         ns; *÷ epoch* and *÷ arc_swap*: that overhead divided by `crossbeam_epoch`'s and by\n\
+         `arc_swap`'s overhead, `(X - plain) / (epoch - plain)` (below 1: cheaper than that\n\
+         baseline). An overhead within the noise can come out negative.\n\n"
+    );
+    for (group, what) in HARNESSES {
+        let _ = write!(md, "### `{group}`\n\n{}.\n\n| case |", capitalise(what));
+        for &t in &counts {
+            let _ = write!(md, " {t} {} | overhead | ÷ epoch | ÷ arc_swap |", plural(t));
         }
-        md.push_str(&row);
+        md.push_str("\n|---|");
+        for _ in &counts {
+            md.push_str("---:|---:|---:|---:|");
+        }
+        md.push('\n');
+        for (case, _) in CALLBACK_CASES {
+            let mut row = format!("| `{case}` |");
+            for &t in &counts {
+                let _ = write!(
+                    row,
+                    " {} | {} | {} | {} |",
+                    fixed(callback_ns(r, group, case, t)),
+                    fixed(overhead(r, group, case, t)),
+                    times(overhead_ratio(r, group, case, "crossbeam_epoch", t)),
+                    times(overhead_ratio(r, group, case, "arc_swap", t)),
+                );
+            }
+            md.push_str(&row);
+            md.push('\n');
+        }
         md.push('\n');
     }
-    md.push_str("\n![cost against thread count](callback-threads.svg)\n\n");
+    md.push_str("![cost against thread count (`callback`)](callback-threads.svg)\n\n");
+}
+
+fn capitalise(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
+}
+
+fn plural(t: usize) -> &'static str {
+    if t == 1 {
+        "thread"
+    } else {
+        "threads"
+    }
+}
+
+/// Nanoseconds with two decimals, or "-".
+fn fixed(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.2}"))
+}
+
+/// A ratio, or "-".
+fn times(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.2}x"))
 }
 
 const DRAIN_NOTES: &str =
@@ -494,11 +585,7 @@ fn scaled_memory_table(md: &mut String) {
 }
 
 fn plot(path: &Path, r: &BTreeMap<String, f64>) {
-    let counts: Vec<usize> = {
-        let mut v = vec![1, threads()];
-        v.dedup();
-        v
-    };
+    let counts = thread_counts();
     let series: Vec<(&str, Vec<(usize, f64)>)> = CALLBACK_CASES
         .iter()
         .map(|(case, _)| {
