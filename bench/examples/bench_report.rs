@@ -83,6 +83,7 @@ fn main() {
 
     let mut md = String::new();
     header(&mut md);
+    goals_section(&mut md, &results);
     callback_tables(&mut md, &results);
     latency_table(&mut md, &results, "drain", "Drain latency", DRAIN_NOTES);
     latency_table(
@@ -299,6 +300,76 @@ fn fixed(v: Option<f64>) -> String {
 /// A ratio, or "-".
 fn times(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.2}x"))
+}
+
+/// The tracker issue's speed goals, from the numbers of the tables below: one row per goal,
+/// harness and thread count; a missing number is "-" and the goal not met.
+fn goals_section(md: &mut String, r: &BTreeMap<String, f64>) {
+    let _ = write!(
+        md,
+        "## Goals\n\n\
+         The speed goals, checked against the numbers of this run (the tables below). Overheads\n\
+         are over the unprotected call of the same run (`X - plain`, see *Hot path*); a goal is\n\
+         met when the measured figure is at or under the target. A missing number (`-`) counts\n\
+         as not met. One run on a noisy machine: a figure near its target can flip between\n\
+         runs.\n\n\
+         | goal | measured | target | result |\n|---|---:|---:|---|\n"
+    );
+    let mut met = 0;
+    let mut total = 0;
+    let mut row = |md: &mut String, goal: String, measured: Option<f64>, target: f64, ns: bool| {
+        let show = |v: f64| if ns { human(v) } else { format!("{v:.2}x") };
+        let ok = measured.is_some_and(|m| m <= target);
+        total += 1;
+        met += usize::from(ok);
+        let _ = writeln!(
+            md,
+            "| {goal} | {} | ≤ {} | {} |",
+            measured.map_or_else(|| "-".into(), show),
+            show(target),
+            if ok { "met" } else { "**not met**" }
+        );
+    };
+    let callback_goals: [(&str, &str, f64); 3] = [
+        ("per_cpu_drainable", "crossbeam_epoch", 0.4),
+        ("grace_cell", "crossbeam_epoch", 0.5),
+        ("grace_cell", "arc_swap", 0.5),
+    ];
+    for (case, base, target) in callback_goals {
+        for (group, _) in HARNESSES {
+            for t in thread_counts() {
+                row(
+                    md,
+                    format!(
+                        "`{case}` overhead ÷ `{base}` overhead, `{group}`, {t} {}",
+                        plural(t)
+                    ),
+                    overhead_ratio(r, group, case, base, t),
+                    target,
+                    false,
+                );
+            }
+        }
+    }
+    let store = r.get("grace/grace_cell_store/busy_reader");
+    let arc_swap = r.get("grace/arc_swap_store/busy_reader");
+    row(
+        md,
+        "`grace/grace_cell_store/busy_reader` ÷ `grace/arc_swap_store/busy_reader`".into(),
+        store
+            .zip(arc_swap)
+            .and_then(|(s, a)| (*a > 0.0).then(|| s / a)),
+        1.0,
+        false,
+    );
+    row(
+        md,
+        "`grace/grace_cell_replace/busy_reader` median".into(),
+        r.get("grace/grace_cell_replace/busy_reader").copied(),
+        10_000.0,
+        true,
+    );
+    let _ = write!(md, "\n{met} of {total} met.\n\n");
 }
 
 const DRAIN_NOTES: &str =
