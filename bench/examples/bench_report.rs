@@ -86,13 +86,7 @@ fn main() {
     goals_section(&mut md, &results);
     callback_tables(&mut md, &results);
     latency_table(&mut md, &results, "drain", "Drain latency", DRAIN_NOTES);
-    latency_table(
-        &mut md,
-        &results,
-        "grace",
-        "Grace-period latency",
-        GRACE_NOTES,
-    );
+    grace_table(&mut md, &results);
     latency_table(&mut md, &results, "cpu_id", "Slot selection", CPU_ID_NOTES);
     latency_table(
         &mut md,
@@ -372,6 +366,64 @@ fn goals_section(md: &mut String, r: &BTreeMap<String, f64>) {
     let _ = write!(md, "\n{met} of {total} met.\n\n");
 }
 
+/// The grace cases in table order; the writers that return before the old value is freed
+/// get ratios against `arc_swap_store` and `seize_retire`, the blocking ones do not.
+const GRACE_CASES: &[(&str, bool)] = &[
+    ("synchronize", false),
+    ("grace_cell_replace", false),
+    ("grace_cell_store", true),
+    ("epoch_defer_flush", true),
+    ("seize_retire", true),
+    ("arc_swap_store", true),
+];
+
+fn grace_table(md: &mut String, r: &BTreeMap<String, f64>) {
+    let _ = write!(md, "## Grace-period latency\n\n{GRACE_NOTES}\n\n| case |");
+    // The labels (idle, busy_reader) in that order, then any other the run has; the cases
+    // likewise, known ones first.
+    let keys: Vec<(&str, &str)> = r
+        .range("grace/".to_owned().."grace0".to_owned())
+        .filter_map(|(k, _)| k["grace/".len()..].split_once('/'))
+        .collect();
+    let mut labels: Vec<&str> = vec!["idle", "busy_reader"];
+    let mut cases: Vec<(&str, bool)> = GRACE_CASES.to_vec();
+    for &(case, label) in &keys {
+        if !labels.contains(&label) {
+            labels.push(label);
+        }
+        if !cases.iter().any(|(c, _)| *c == case) {
+            cases.push((case, false));
+        }
+    }
+    for label in &labels {
+        let _ = write!(md, " {label} | ÷ arc_swap_store | ÷ seize_retire |");
+    }
+    md.push_str("\n|---|");
+    for _ in &labels {
+        md.push_str("---:|---:|---:|");
+    }
+    md.push('\n');
+    let get = |case: &str, label: &str| r.get(&format!("grace/{case}/{label}")).copied();
+    for (case, deferred) in cases {
+        let mut row = format!("| `{case}` |");
+        for label in &labels {
+            let v = get(case, label);
+            let _ = write!(row, " {} |", v.map_or_else(|| "-".into(), human));
+            for base in ["arc_swap_store", "seize_retire"] {
+                if deferred {
+                    let ratio = v.zip(get(base, label)).map(|(v, b)| v / b);
+                    let _ = write!(row, " {} |", times(ratio));
+                } else {
+                    row.push_str(" |");
+                }
+            }
+        }
+        md.push_str(&row);
+        md.push('\n');
+    }
+    md.push('\n');
+}
+
 const DRAIN_NOTES: &str =
     "`bench/benches/drain.rs`. *idle*: `drain()` with no guard; *busy*: `drain()` while \
 every other core takes and drops guards in a loop; *wake*: from the last guard's drop on another \
@@ -380,8 +432,12 @@ thread to `drain()` returning in a drainer that was asleep; *prepare_undo*: `pre
 const GRACE_NOTES: &str =
     "`bench/benches/grace.rs`. `synchronize` and `grace_cell_replace` return \
 once no reader can see the old value (`replace` hands it back). The baselines return before \
-that: `epoch_defer_flush` (swap + `defer_destroy` + `flush`) and `arc_swap_store` free the old \
-value later, when their readers let them. *busy_reader*: a reader loops on every other core.";
+that: `epoch_defer_flush` (swap + `defer_destroy` + `flush`), `seize_retire` (swap + `retire`) \
+and `arc_swap_store` free the old value later, when their readers let them, and so does `grace_cell_store` (`GraceCell::store`: \
+the old value is dropped after a grace period, by a later call on the domain). *busy_reader*: \
+a reader loops on every other core. *÷ arc_swap_store*, *÷ seize_retire*: the deferred writers \
+against those baselines at the same label (below 1: faster); `synchronize` and \
+`grace_cell_replace` wait for readers, so they are absolute only.";
 
 const DRAIN_THREADS_NOTES: &str =
     "`bench/benches/drain.rs`, group `drain_threads`. `drain()` of an idle \
