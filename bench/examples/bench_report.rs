@@ -81,12 +81,15 @@ fn main() {
         ));
     }
 
+    let store = store_backlog(&bench, run);
+
     let mut md = String::new();
     header(&mut md);
     goals_section(&mut md, &results);
     callback_tables(&mut md, &results);
     latency_table(&mut md, &results, "drain", "Drain latency", DRAIN_NOTES);
     grace_table(&mut md, &results);
+    store_backlog_section(&mut md, store.as_ref());
     latency_table(&mut md, &results, "cpu_id", "Slot selection", CPU_ID_NOTES);
     latency_table(
         &mut md,
@@ -422,6 +425,83 @@ fn grace_table(md: &mut String, r: &BTreeMap<String, f64>) {
         md.push('\n');
     }
     md.push('\n');
+}
+
+/// The figures of `examples/store_backlog.rs`, `key: value` lines: from a fresh run if `run`
+/// (saved to `target/store_backlog.txt`), else from the last saved run.
+fn store_backlog(bench: &Path, run: bool) -> Option<BTreeMap<String, String>> {
+    let saved = bench.join("target/store_backlog.txt");
+    let text = if run {
+        let out = Command::new(env!("CARGO"))
+            .args(["run", "--release", "--example", "store_backlog"])
+            .current_dir(bench)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| fail(&format!("could not start the store_backlog example: {e}")));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        // Exit status 1 is a backlog over the limit: still a result, reported as such.
+        if !out.status.success() && !text.contains("within_limit:") {
+            fail(&format!(
+                "the store_backlog example failed ({})",
+                out.status
+            ));
+        }
+        let _ = std::fs::write(&saved, &text);
+        text
+    } else {
+        std::fs::read_to_string(&saved).ok()?
+    };
+    Some(
+        text.lines()
+            .filter_map(|l| l.split_once(": "))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect(),
+    )
+}
+
+fn store_backlog_section(md: &mut String, figures: Option<&BTreeMap<String, String>>) {
+    md.push_str("## Deferred drops keep up\n\n");
+    let Some(f) = figures else {
+        md.push_str(
+            "Not measured: no saved run of `bench/examples/store_backlog.rs` (the report runs it \
+             unless `--no-run`).\n\n",
+        );
+        return;
+    };
+    let get = |k: &str| f.get(k).map_or("-", |v| v.as_str());
+    let bytes = |k: &str| {
+        f.get(k)
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or_else(|| "-".into(), |b| format!("{:.1} KiB", b / 1024.0))
+    };
+    let _ = write!(
+        md,
+        "`bench/examples/store_backlog.rs`: `GraceCell::store` of a `u64` in a loop on one \
+         thread for {} s, with {} reader thread(s) looping on `read()`, the domain's \
+         `backlog()` and `heap_bytes()` sampled every ~10 ms ({} samples). A store that finds \
+         the backlog at its limit waits for a grace period and the drops before it queues its \
+         value, so the backlog cannot grow past the limit; the samples show where it sits.\n\n\
+         | figure | value |\n|---|---:|\n\
+         | stores per second | {} |\n\
+         | backlog, max sampled | {} |\n\
+         | backlog, when the writer stopped | {} |\n\
+         | backlog limit (`GraceDomain::DEFAULT_BACKLOG_LIMIT`) | {} |\n\
+         | stayed within the limit | {} |\n\
+         | `heap_bytes()`, max sampled | {} |\n\
+         | `heap_bytes()`, when the writer stopped | {} |\n\n",
+        get("seconds"),
+        get("reader_threads"),
+        get("samples"),
+        f.get("stores_per_second")
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or_else(|| "-".into(), |v| format!("{:.2} million", v / 1e6)),
+        get("max_backlog"),
+        get("final_backlog"),
+        get("backlog_limit"),
+        get("within_limit"),
+        bytes("max_heap_bytes"),
+        bytes("final_heap_bytes"),
+    );
 }
 
 const DRAIN_NOTES: &str =
