@@ -4,7 +4,8 @@
 //! swap + `retire`). The baselines return before the old value is freed; `replace` returns it,
 //! no reader left. `grace_cell_store` is the deferred store (`GraceCell::store`), which returns
 //! before the old value is dropped too, like the baselines; its backlog stays under the
-//! domain's limit (the run's maximum is printed).
+//! domain's limit (the run's maximum is printed). `examples/store_backlog.rs` runs `store`
+//! against busy readers for longer (10 s) and samples the backlog and the domain's heap bytes.
 //!
 //! ```text
 //! cargo bench --manifest-path bench/Cargo.toml --bench grace            # full run (about a minute)
