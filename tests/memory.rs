@@ -7,7 +7,7 @@
 
 mod child;
 
-use drainable::{GraceDomain, PerCpuDrainable};
+use drainable::{GraceCell, GraceDomain, PerCpuDrainable};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,16 +36,24 @@ fn check(cpus: usize) {
         assert!(std::mem::size_of_val(&*d) + d.heap_bytes() <= 64 + 8 * slots);
     }
 
-    let g = GraceDomain::new();
+    let g = Arc::new(GraceDomain::new());
     assert_eq!(
         g.heap_bytes(),
         0,
         "a domain takes no slots before its first section"
     );
     drop(g.enter());
+    let local = g.heap_bytes();
+    assert!(
+        local == 0 || local == 8 * slots,
+        "a section on a record takes no slots; in the slots, 8 bytes each: {local}"
+    );
+    // Owned read guards are always counted in the slots, one phase at a time.
+    let cell = Arc::new(GraceCell::with_domain((), Arc::clone(&g)));
+    drop(cell.read_owned());
     assert_eq!(g.heap_bytes(), 8 * slots, "the first phase's slots");
     g.synchronize();
-    drop(g.enter());
+    drop(cell.read_owned());
     assert_eq!(g.heap_bytes(), 2 * 8 * slots, "both phases' slots");
     println!("{MARKER}");
 }
