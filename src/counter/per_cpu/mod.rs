@@ -138,7 +138,7 @@ impl sealed::CounterImpl for PerCpu {
         match records::try_hold(self.id, word) {
             Some(Ok(hold)) => Ok(PerCpuTicket(Place::Local(hold))),
             Some(Err(refused)) => Err(refused),
-            None => self.try_acquire_owned(word),
+            None => self.try_acquire_in_slots(word),
         }
     }
 
@@ -251,6 +251,14 @@ impl sealed::CounterImpl for PerCpu {
 }
 
 impl PerCpu {
+    /// A borrowed guard counted in the slots: no record on this thread (no `membarrier`) or
+    /// its entries all taken. Out of line, so that the record path inlines into callers.
+    #[cold]
+    #[inline(never)]
+    fn try_acquire_in_slots(&self, word: &Word) -> Result<PerCpuTicket, Refused> {
+        sealed::CounterImpl::try_acquire_owned(self, word)
+    }
+
     fn with_slots(slots: Folding) -> Self {
         // Registers `membarrier` now, if at all, so that no guard's first use pays for it.
         records::enabled();
