@@ -330,7 +330,10 @@ fn grace_torture() {
     };
     let w = World {
         current: AtomicPtr::new(new_elem().as_ptr()),
-        cell: Arc::new(GraceCell::with_domain(Stored(Some(first)), Arc::clone(&domain))),
+        cell: Arc::new(GraceCell::with_domain(
+            Stored(Some(first)),
+            Arc::clone(&domain),
+        )),
         domain,
         stop: AtomicBool::new(false),
         stats,

@@ -323,3 +323,58 @@ fn a_grace_period_waits_for_both_places_at_once() {
         }
     });
 }
+
+/// A cell on a domain whose sections go where `script` says after each grace period (see
+/// `GraceDomain::with_mode_script`): the hybrid's switches between the records and the slots.
+fn scripted(script: &'static [bool]) -> Arc<GraceCell<Cell<u32>>> {
+    Arc::new(GraceCell::with_domain(
+        Cell::new(1),
+        Arc::new(GraceDomain::with_mode_script(script)),
+    ))
+}
+
+/// Two grace periods against a slow reader on a record, the first sending sections to the
+/// slots (its flip carries `SLOTS_ONLY`, and it runs the barrier), the second staying there
+/// (no barrier): a reader that stored its entry around the first flip either was found by the
+/// first barrier's scan or left for the slots at its re-read.
+#[test]
+fn slow_reader_while_sections_move_to_the_slots() {
+    model(|| {
+        let cell = scripted(&[true, true]);
+        let reader = {
+            let cell = Arc::clone(&cell);
+            thread::spawn(move || {
+                let v = read(&cell, Path::Record);
+                assert!((1..=3).contains(&v), "read {v:#x}");
+            })
+        };
+        for next in 2..=3 {
+            let old = cell.replace(Cell::new(next));
+            assert_eq!(old.get(), next - 1);
+            old.set(POISON);
+        }
+        reader.join().unwrap();
+    });
+}
+
+/// The way back: the first grace period sends sections to the slots, the second back to the
+/// records (a barrier again), against a slow reader that may start on either side.
+#[test]
+fn slow_reader_while_sections_move_back_to_the_records() {
+    model(|| {
+        let cell = scripted(&[true, false]);
+        let reader = {
+            let cell = Arc::clone(&cell);
+            thread::spawn(move || {
+                let v = read(&cell, Path::Record);
+                assert!((1..=3).contains(&v), "read {v:#x}");
+            })
+        };
+        for next in 2..=3 {
+            let old = cell.replace(Cell::new(next));
+            assert_eq!(old.get(), next - 1);
+            old.set(POISON);
+        }
+        reader.join().unwrap();
+    });
+}

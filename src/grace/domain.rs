@@ -110,6 +110,66 @@ struct Steps {
     started: u64,
     /// The highest grace-period number anyone asked for.
     wanted: u64,
+    /// When the last grace period started (for the choice of where sections go).
+    #[cfg_attr(drainable_loom, allow(dead_code))] // loom has no clock: `script`
+    last_start: Option<Instant>,
+    /// Grace periods in a row that started within `FREQUENT` of the one before.
+    #[cfg_attr(drainable_loom, allow(dead_code))] // loom has no clock: `script`
+    frequent: u32,
+    /// Under loom: where sections go after each grace period (`with_mode_script`).
+    #[cfg(drainable_loom)]
+    script: &'static [bool],
+}
+
+/// Grace periods that start closer together than this are *frequent*.
+#[cfg_attr(drainable_loom, allow(dead_code))] // loom has no clock: `script`
+const FREQUENT: Duration = Duration::from_micros(100);
+/// After this many frequent grace periods in a row, sections go to the slots.
+#[cfg_attr(drainable_loom, allow(dead_code))] // loom has no clock: `script`
+const SWITCH_AFTER: u32 = 8;
+/// A grace period that starts this long after the one before sends sections back to the
+/// records.
+#[cfg_attr(drainable_loom, allow(dead_code))] // loom has no clock: `script`
+const QUIET: Duration = Duration::from_millis(1);
+
+impl Steps {
+    /// Where the sections of the domain go from the grace period starting now on: `true` for
+    /// the slots (`docs/design.md` §7a, *the hybrid*). Each grace period on the records costs a
+    /// `membarrier`, which interrupts every CPU running a thread of the process (about 17 us
+    /// with one busy reader on the 2-vCPU machine of `docs/benchmarks.md`); a section in the
+    /// slots costs a CAS instead of plain stores. So frequent grace periods move the readers
+    /// to the slots, and a quiet spell brings them back.
+    fn choose_slots_only(&mut self, slots_only_now: bool) -> bool {
+        #[cfg(drainable_loom)]
+        {
+            let _ = slots_only_now;
+            // `started` is not bumped yet: grace period `started + 1` starts.
+            return self
+                .script
+                .get(self.started as usize)
+                .copied()
+                .unwrap_or(false);
+        }
+        #[cfg(not(drainable_loom))]
+        {
+            if !records::enabled() {
+                return false; // every section is in the slots anyway
+            }
+            let now = Instant::now();
+            let gap = self.last_start.map(|t| now.saturating_duration_since(t));
+            self.last_start = Some(now);
+            if gap.is_some_and(|g| g < FREQUENT) {
+                self.frequent = self.frequent.saturating_add(1);
+            } else {
+                self.frequent = 0;
+            }
+            if slots_only_now {
+                gap.is_some_and(|g| g < QUIET)
+            } else {
+                self.frequent >= SWITCH_AFTER
+            }
+        }
+    }
 }
 
 /// A grace period to wait for without blocking, from [`GraceDomain::start_grace_period`].
@@ -196,6 +256,10 @@ impl GraceDomain {
             steps: Mutex::new(Steps {
                 started: 0,
                 wanted: 0,
+                last_start: None,
+                frequent: 0,
+                #[cfg(drainable_loom)]
+                script: &[],
             }),
             backlog: Mutex::new(Backlog::new()),
             backlog_front: AtomicU64::new(u64::MAX),
@@ -212,6 +276,18 @@ impl GraceDomain {
     /// assert_eq!(drainable::GraceDomain::DEFAULT_BACKLOG_LIMIT, 1024);
     /// ```
     pub const DEFAULT_BACKLOG_LIMIT: usize = 1024;
+
+    /// A model-checking aid (only under `--cfg drainable_loom`, where there is no clock): the
+    /// domain sends its sections to the slots after grace period *n* (1-based) iff
+    /// `script[n - 1]`, and to the records after the script ends. A domain from `new` stays on
+    /// the records.
+    #[cfg(drainable_loom)]
+    #[doc(hidden)]
+    pub fn with_mode_script(script: &'static [bool]) -> Self {
+        let d = Self::new();
+        d.steps.lock().script = script;
+        d
+    }
 
     /// A domain whose backlog of deferred drops holds at most `limit` values: a
     /// [`retire`](Self::retire) (or [`GraceCell::store`]) that finds `limit` values waiting
@@ -789,7 +865,10 @@ impl GraceDomain {
         {
             return;
         }
-        let old = self.phase.load(Ordering::Relaxed);
+        let word = self.phase.load(Ordering::Relaxed);
+        let old = word & 1;
+        let slots_only_before = word & records::SLOTS_ONLY != 0;
+        let slots_only = steps.choose_slots_only(slots_only_before);
         // Reopen the new phase: it is empty (its last grace period completed) and folded.
         // Release, in `unfold`: a slow section that read `phase` long ago and only now reaches
         // this phase's slot acquires this, so it sees what writers published before asking for
@@ -797,7 +876,8 @@ impl GraceDomain {
         self.phases[(old ^ 1) as usize].unfold(&self.word);
         // Release: sections that read the new phase see what writers published before asking
         // for this grace period (writer's publish → reader).
-        self.phase.store(old ^ 1, Ordering::Release);
+        let mode = if slots_only { records::SLOTS_ONLY } else { 0 };
+        self.phase.store((old ^ 1) | mode, Ordering::Release);
         // The token the fold gives back once the old phase is empty.
         let token = self.word.add_token();
         self.phases[old as usize].fold(&self.word, token);
@@ -807,8 +887,18 @@ impl GraceDomain {
         // and every later one sees the flip (`records::try_enter`). Under the step lock: a
         // system call, bounded (the signal barrier, where `membarrier` is refused, waits for
         // each thread's acknowledgement, and reports a thread that blocks its signal).
-        let barrier = records::grace_barrier(None);
-        debug_assert!(barrier.is_ok(), "a barrier without a deadline never gives up");
+        //
+        // Skipped only when sections went to the slots before this flip and still do: then the
+        // only sections on records are those that the barrier of the grace period that sent
+        // them to the slots found (every later one saw `SLOTS_ONLY` at its re-read and left),
+        // and the scans see them without a barrier (docs/design.md §7a).
+        if !(slots_only_before && slots_only) {
+            let barrier = records::grace_barrier(None);
+            debug_assert!(
+                barrier.is_ok(),
+                "a barrier without a deadline never gives up"
+            );
+        }
         // Release: a waiter that reads this number scans the records after the barrier (in
         // happens-before), as `finish_if_done` does through the step lock.
         self.in_flight.store(steps.started, Ordering::Release);
@@ -1126,6 +1216,58 @@ mod tests {
             );
         });
         no_wakes_without_waiters(&d);
+    }
+
+    /// The hybrid: frequent grace periods send sections to the slots (no `membarrier` per grace
+    /// period), a quiet spell brings them back to the records; a section in the slots is waited
+    /// for like one on a record. (The switches racing open sections: loom, `tests/grace.rs`.)
+    #[test]
+    fn frequent_grace_periods_move_sections_to_the_slots_and_back() {
+        if !records::enabled() {
+            return;
+        }
+        let d = GraceDomain::new();
+        let on_record = |s: &ReadSection<'_>| matches!(s.place, Place::Local(_));
+        assert!(
+            on_record(&d.enter()),
+            "a new domain's sections are on the records"
+        );
+        // Back to back: well within `FREQUENT` of each other (a descheduled thread only takes a
+        // few more).
+        let mut n = 0;
+        while on_record(&d.enter()) {
+            d.synchronize();
+            n += 1;
+            assert!(
+                n < 100_000,
+                "frequent grace periods never moved sections to the slots"
+            );
+        }
+        assert!(n >= SWITCH_AFTER as usize, "moved after {n} grace periods");
+        thread::scope(|s| {
+            let release = hold_on_thread(s, || {
+                let section = d.enter();
+                assert!(
+                    !on_record(&section),
+                    "another thread's sections go to the slots too"
+                );
+                section
+            });
+            let cookie = d.start_grace_period();
+            assert!(
+                !d.poll_grace_period(cookie),
+                "the section in the slots was not waited for"
+            );
+            drop(release);
+            d.synchronize();
+            assert!(d.poll_grace_period(cookie));
+        });
+        thread::sleep(QUIET * 2);
+        d.synchronize();
+        assert!(
+            on_record(&d.enter()),
+            "a quiet spell brings sections back to the records"
+        );
     }
 
     fn no_wakes_without_waiters(d: &GraceDomain) {

@@ -175,7 +175,7 @@ impl Record {
 /// caller counts the guard elsewhere.
 #[inline]
 pub(crate) fn try_hold(id: u64, word: &Word) -> Option<Result<LocalHold, Refused>> {
-    current()?.try_hold(id, word)
+    current_record()?.try_hold(id, word)
 }
 
 /// Gives a thread-local guard back.
@@ -216,31 +216,47 @@ pub(crate) fn section_tag(id: u64, phase: u32) -> u64 {
 /// published before it), or the grace period's scan sees the tag and waits. Without the
 /// re-read, a section that read the old phase just before a flip and stored its tag just
 /// after the scan would stay in a phase that the *next* grace period does not wait for.
+///
+/// `phase` may also carry [`SLOTS_ONLY`]: the domain wants its sections in the slots (its grace
+/// periods are frequent; `docs/design.md` §7a). Then no entry is taken, and a section whose
+/// re-read finds the bit set gives its entry back: `None`, the caller counts it in the slots.
 #[inline]
 pub(crate) fn try_enter(id: u64, phase: &AtomicU32) -> Option<LocalHold> {
-    let record = current()?;
+    // Relaxed: a guess; the re-read below is the load that orders the section.
+    let mut current = phase.load(Ordering::Relaxed);
+    if current & SLOTS_ONLY != 0 {
+        return None;
+    }
+    let record = current_record()?;
     // Acquire: as in `Record::try_hold`.
     let entry = if record.entries[0].load(Ordering::Acquire) == 0 {
         &record.entries[0]
     } else {
         record.other_free_entry()?
     };
-    // Relaxed: a guess; the re-read below is the load that orders the section.
-    let mut current = phase.load(Ordering::Relaxed) & 1;
     // Release: as in `Record::try_hold` (a claim after a clear keeps the clear's ordering).
-    entry.store(section_tag(id, current), Ordering::Release);
+    entry.store(section_tag(id, current & 1), Ordering::Release);
     light_barrier();
     loop {
         // Acquire: pairs with the flip's Release (a writer's publish → this reader). The load
         // that the Dekker pairs with the grace period's barrier.
-        let now = phase.load(Ordering::Acquire) & 1;
+        let now = phase.load(Ordering::Acquire);
         if now == current {
             return Some(LocalHold { record, entry });
         }
+        if now & SLOTS_ONLY != 0 {
+            // SAFETY: this thread claimed the entry just above.
+            unsafe { release(LocalHold { record, entry }) };
+            return None;
+        }
         current = now;
-        move_entry(record, entry, section_tag(id, current));
+        move_entry(record, entry, section_tag(id, current & 1));
     }
 }
+
+/// The bit of a grace domain's phase word that sends new sections to the slots (see
+/// [`try_enter`]). Bit 0 is the phase.
+pub(crate) const SLOTS_ONLY: u32 = 2;
 
 /// A section's entry moves to the new phase (a grace period flipped it while the section was
 /// entering): a grace period already waiting on the old tag is woken, as a release would.
@@ -597,7 +613,7 @@ fn claim_record() -> &'static Record {
 /// This thread's record, claimed on first use. `None` where records are disabled. Under loom,
 /// one record per model thread, never given back.
 #[inline]
-fn current() -> Option<&'static Record> {
+fn current_record() -> Option<&'static Record> {
     use std::cell::Cell;
     platform::per_thread! {
         /// Null before first use, `NONE` when this thread has no record, else the record.
@@ -725,7 +741,7 @@ pub(crate) fn announced_on(record: usize) -> u32 {
 /// This thread's record, as an address (tests of other modules).
 #[cfg(all(test, not(drainable_loom)))]
 pub(crate) fn record_of_this_thread() -> Option<usize> {
-    current().map(|r| r as *const Record as usize)
+    current_record().map(|r| r as *const Record as usize)
 }
 
 #[cfg(all(test, not(drainable_loom)))]
@@ -745,7 +761,7 @@ mod tests {
         let (word, id) = (Word::new(), platform::unique_id());
         // This test thread may have been given the record of an exited thread that leaked
         // guards (other tests do): those entries stay taken.
-        let free = current()
+        let free = current_record()
             .unwrap()
             .entries
             .iter()
@@ -778,7 +794,7 @@ mod tests {
             s.spawn(|| {
                 // Leaked: never given back.
                 let _hold = try_hold(id, &word).unwrap().unwrap();
-                current().unwrap() as *const Record as usize
+                current_record().unwrap() as *const Record as usize
             })
             .join()
             .unwrap()
