@@ -21,8 +21,10 @@
 //!   [`DrainableWith<T, C>`](DrainableWith) with a different [`Counter`], so generic code and
 //!   a one-line switch work.
 //! - [`GraceCell<T>`] and [`GraceDomain`]: for *replacing* rather than removing. Readers
-//!   never block; a writer publishes a new value and gets the old one back by value once no
-//!   reader can still see it (RCU / SRCU grace periods).
+//!   never block and, like `PerCpuDrainable`'s guards, write only their own thread's record;
+//!   a writer publishes a new value and either gets the old one back by value once no reader
+//!   can still see it ([`replace`](GraceCell::replace): RCU / SRCU grace periods), or goes on
+//!   at once and lets the domain drop it later ([`store`](GraceCell::store), `call_rcu`).
 //!
 //! # A ready-made callback registry
 //!

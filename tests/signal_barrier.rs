@@ -425,3 +425,107 @@ fn sigmask(how: libc::c_int, set: &libc::sigset_t) {
     let r = unsafe { libc::pthread_sigmask(how, set, std::ptr::null_mut()) };
     assert_eq!(r, 0);
 }
+
+/// Grace periods under the signal barrier, while a thread that owns a record blocks the
+/// signal: the barrier cannot complete, and every call that must not block still returns
+/// (`synchronize_timeout` at its deadline, `start_grace_period`, `poll_grace_period`, `store`,
+/// a poll of `synchronize_async`); the grace period completes once the thread unblocks. Before
+/// the barrier moved out of the step lock, each of these waited for the thread (an outside
+/// review measured 3 s for each with a thread blocking for 3 s).
+#[test]
+fn grace_periods_keep_their_deadlines_while_a_thread_blocks_the_signal() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    if !child::in_child() {
+        child::expect_child(
+            "grace_periods_keep_their_deadlines_while_a_thread_blocks_the_signal",
+            &[FORCE],
+            MARKER,
+        );
+        return;
+    }
+    child::setup(Duration::from_secs(60));
+    let cell = drainable::GraceCell::new(0u64);
+    let d = cell.domain();
+    let (blocked_tx, blocked_rx) = mpsc::channel();
+    let (unblock_tx, unblock_rx) = mpsc::channel::<()>();
+    thread::scope(|s| {
+        s.spawn(move || {
+            drop(d.enter()); // this thread now owns a record
+            let set = rt_signals();
+            sigmask(libc::SIG_BLOCK, &set);
+            blocked_tx.send(()).unwrap();
+            let _ = unblock_rx.recv();
+            sigmask(libc::SIG_UNBLOCK, &set);
+        });
+        blocked_rx.recv().unwrap();
+        if child::records_expected(true) {
+            assert!(
+                d.synchronize_timeout(Duration::from_millis(20)).is_err(),
+                "the barrier cannot have completed while the thread blocks the signal"
+            );
+            let cookie = d.start_grace_period();
+            assert!(!d.poll_grace_period(cookie));
+            for i in 0..64 {
+                cell.store(i); // under the backlog limit: never waits
+            }
+            let mut cx = Context::from_waker(Waker::noop());
+            let mut f = Box::pin(d.synchronize_async());
+            for _ in 0..3 {
+                assert_eq!(f.as_mut().poll(&mut cx), Poll::Pending);
+            }
+            drop(f);
+        }
+        unblock_tx.send(()).unwrap();
+        d.synchronize();
+        d.barrier();
+        assert_eq!(d.backlog(), 0);
+    });
+    println!("{MARKER}");
+}
+
+/// The deadlock an outside review found: a grace period's start ran the signal barrier under
+/// the domain's step lock, waiting for a thread that blocks the signal, while that thread's
+/// first section in the slots (`read_owned`) waited for the step lock to install them. The
+/// barrier now runs outside the lock, so the section is taken while the barrier still waits.
+#[test]
+fn a_first_slot_section_is_not_held_up_by_a_barrier_waiting_for_its_thread() {
+    if !child::in_child() {
+        child::expect_child(
+            "a_first_slot_section_is_not_held_up_by_a_barrier_waiting_for_its_thread",
+            &[FORCE],
+            MARKER,
+        );
+        return;
+    }
+    child::setup(Duration::from_secs(60));
+    let cell = std::sync::Arc::new(drainable::GraceCell::new(1u32));
+    let (blocked_tx, blocked_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (read_tx, read_rx) = mpsc::channel();
+    let (unblock_tx, unblock_rx) = mpsc::channel::<()>();
+    thread::scope(|s| {
+        let reader_cell = std::sync::Arc::clone(&cell);
+        s.spawn(move || {
+            drop(reader_cell.read()); // owns a record
+            let set = rt_signals();
+            sigmask(libc::SIG_BLOCK, &set);
+            blocked_tx.send(()).unwrap();
+            go_rx.recv().unwrap();
+            // The domain's first section in the slots: installs them under the step lock.
+            read_tx.send(*reader_cell.read_owned()).unwrap();
+            let _ = unblock_rx.recv();
+            sigmask(libc::SIG_UNBLOCK, &set);
+        });
+        blocked_rx.recv().unwrap();
+        let sync = s.spawn(|| cell.domain().synchronize());
+        // Let the synchronizer reach its barrier (if it does not yet, the test still passes:
+        // the property is that nothing below can wait for the step lock across a barrier).
+        thread::sleep(Duration::from_millis(50));
+        go_tx.send(()).unwrap();
+        assert_eq!(read_rx.recv().unwrap(), 1, "read_owned returned");
+        unblock_tx.send(()).unwrap();
+        sync.join().unwrap();
+    });
+    println!("{MARKER}");
+}

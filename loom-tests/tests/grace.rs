@@ -378,3 +378,64 @@ fn slow_reader_while_sections_move_back_to_the_records() {
         reader.join().unwrap();
     });
 }
+
+/// A poller on a third thread starts grace periods and may pay their heavy barrier (which runs
+/// outside the step lock, owed by the start) while the writer waits for the same grace period:
+/// whichever thread runs the barrier, no scan counts the reader's section gone before it.
+fn a_poller_shares_the_grace_period(script: &'static [bool]) {
+    model(move || {
+        let cell = scripted(script);
+        let reader = {
+            let cell = Arc::clone(&cell);
+            thread::spawn(move || {
+                let v = read(&cell, Path::Record);
+                assert!(v == 1 || v == 2, "read {v:#x}");
+            })
+        };
+        let poller = {
+            let cell = Arc::clone(&cell);
+            thread::spawn(move || {
+                let d = cell.domain();
+                let cookie = d.start_grace_period();
+                let _ = d.poll_grace_period(cookie);
+            })
+        };
+        let old = cell.replace(Cell::new(2));
+        old.set(POISON);
+        reader.join().unwrap();
+        poller.join().unwrap();
+    });
+}
+
+/// On the records: the barrier of every grace period is owed and paid by either thread.
+#[test]
+fn a_poller_shares_the_grace_period_on_the_records() {
+    a_poller_shares_the_grace_period(&[]);
+}
+
+/// Moving to the slots at the first grace period, staying at the second (no barrier then).
+#[test]
+fn a_poller_shares_the_grace_period_while_sections_move_to_the_slots() {
+    a_poller_shares_the_grace_period(&[true, true]);
+}
+
+/// Three grace periods: to the slots, staying, and back to the records, against a slow reader.
+#[test]
+fn slow_reader_across_a_round_trip_to_the_slots() {
+    model(|| {
+        let cell = scripted(&[true, true, false]);
+        let reader = {
+            let cell = Arc::clone(&cell);
+            thread::spawn(move || {
+                let v = read(&cell, Path::Record);
+                assert!((1..=4).contains(&v), "read {v:#x}");
+            })
+        };
+        for next in 2..=4 {
+            let old = cell.replace(Cell::new(next));
+            assert_eq!(old.get(), next - 1);
+            old.set(POISON);
+        }
+        reader.join().unwrap();
+    });
+}

@@ -45,6 +45,9 @@ pub struct GraceCell<T> {
     writer_thread: crate::platform::AtomicUsize,
 }
 
+// The owned domain stays inline: a read reaches its phase word without a pointer chase, and
+// cells with a domain of their own are the common case. Boxing it would cost every read.
+#[allow(clippy::large_enum_variant)]
 enum DomainRef {
     Own(GraceDomain),
     Shared(Arc<GraceDomain>),
@@ -241,8 +244,11 @@ impl<T> GraceCell<T> {
     /// another thread. A read section of the cell's domain until dropped, like
     /// [`read`](Self::read).
     ///
-    /// Costs what `read` costs plus the `Arc` clone; the debug-build self-deadlock detector does
-    /// not track it (it can move between threads).
+    /// Costs a section in the domain's per-CPU slots (one CAS on the current CPU's slot, and a
+    /// `fetch_sub` on it when dropped, wherever that happens: a record is written only by its
+    /// own thread) plus the `Arc` clone; `read`'s section is plain stores on the thread's
+    /// record. The debug-build self-deadlock detector does not track it (it can move between
+    /// threads).
     ///
     /// ```
     /// use drainable::GraceCell;

@@ -4,7 +4,7 @@
 //!
 //! # Protocol
 //!
-//! - **Push** (`GraceDomain::defer`, under the domain's step lock, then this backlog's lock):
+//! - **Push** (`GraceDomain::defer`, under the domain's step lock, which also guards the backlog):
 //!   the entry's *target* is `Steps::started + 1`, the first grace period that starts after the
 //!   push. The caller unpublished the value before the push, so that grace period waits for
 //!   every section that could see it. Targets are read under the step lock, which every start
@@ -19,15 +19,15 @@
 //!   collector at a time; the others go on), take the ready prefix (`target <= completed`,
 //!   `completed` loaded `Acquire`: pairs with the `Release` that counted the grace period
 //!   complete, so every access of the sections it waited for happens-before the drops), release
-//!   the backlog's lock, and drop the values *still holding the drop lock*.
+//!   the step lock, and drop the values *still holding the drop lock*.
 //! - **Barrier** (`GraceDomain::barrier`): wait for a grace period that starts after the call
 //!   (every entry pushed before then has a target no later), then take the drop lock
 //!   (blocking), take the ready prefix and drop it. Holding the drop lock means no other
 //!   collector is between taking entries and dropping them, so every entry pushed before the
 //!   call has been dropped: by an earlier collector that finished, or by the barrier.
 //!
-//! Lock order: drop lock → step lock → backlog. A deferred `Drop` may retire more values
-//! (step lock and backlog, under the drop lock); nothing takes the drop lock while holding
+//! Lock order: drop lock → step lock (which guards the backlog). A deferred `Drop` may retire
+//! more values (the step lock, under the drop lock); nothing takes the drop lock while holding
 //! either of the others.
 
 use std::collections::VecDeque;
@@ -97,7 +97,7 @@ impl Drop for Retired {
 }
 
 /// The queue of deferred values, in target order (see the module docs). Changed only under
-/// the domain's backlog lock.
+/// the domain's step lock.
 pub(super) struct Backlog {
     entries: VecDeque<Entry>,
     /// The sum of the boxed values' sizes, for `heap_bytes`.
@@ -137,7 +137,7 @@ impl Backlog {
     }
 
     /// Removes the entries whose grace period has completed (`target <= completed`) and returns
-    /// their values, to drop outside the backlog's lock.
+    /// their values, to drop outside the step lock.
     pub(super) fn take_ready(&mut self, completed: u64) -> Vec<Retired> {
         let n = self.entries.partition_point(|e| e.target <= completed);
         let ready: Vec<_> = self.entries.drain(..n).map(|e| e.value).collect();

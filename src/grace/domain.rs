@@ -40,10 +40,16 @@ use std::time::{Duration, Instant};
 ///   once, and for [`GraceCell::read_owned`] (which may end on another thread): one
 ///   uncontended CAS / `fetch_sub` on the current CPU's slot.
 /// - A grace period: flips the phase, folds the old phase's slots (one read-modify-write per
-///   slot), runs `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` once (a system call, a few
-///   microseconds with other threads running), then waits (spin, then futex) until the old
-///   phase's sections in the slots and on the records have ended. Scanning the records costs
-///   a load per entry of every thread alive that has used one.
+///   slot), runs `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` once (a system call that
+///   interrupts every CPU running a thread of the process: under a microsecond idle, about
+///   17 us with one busy reader on the 2-vCPU VM of `docs/benchmarks.md`), then waits (spin,
+///   then futex) until the old phase's sections in the slots and on the records have ended.
+///   Scanning the records costs a load per entry of every thread alive that has used one.
+/// - **Frequent grace periods** (8 in a row, each within 100 us of the one before) send the
+///   domain's new sections to the slots, where a grace period needs no `membarrier`; the first
+///   grace period 1 ms after the one before sends them back to the records. So a writer that
+///   replaces back to back pays about a microsecond per grace period, not the barrier, and its
+///   readers a CAS per section meanwhile.
 /// - Memory: inline, whatever the CPU count; plus 8 bytes per slot per phase in the per-CPU
 ///   arena, from the first section counted in that phase's slots on (slots: CPUs rounded up to
 ///   a power of two, at most 64).
@@ -83,11 +89,10 @@ pub struct GraceDomain {
     /// `Steps::started`, for waiters outside the step lock: the number of the grace period in
     /// flight, or `completed` when none is.
     in_flight: AtomicU64,
+    /// Grace-period bookkeeping and the backlog: one lock, so that a `retire` takes one.
     steps: Mutex<Steps>,
-    /// Values to drop once a grace period has completed (`retire`; `deferred.rs`).
-    backlog: Mutex<Backlog>,
     /// The target of `backlog`'s oldest entry (`u64::MAX` when empty): lets `collect` skip the
-    /// locks when nothing is due. Written under the backlog's lock.
+    /// locks when nothing is due. Written under the step lock.
     backlog_front: AtomicU64,
     /// How many values `retire` lets wait at once (`with_backlog_limit`).
     backlog_limit: usize,
@@ -104,7 +109,7 @@ pub struct GraceDomain {
 /// `store`, and sharing a line with it would make a busy reader and a storing writer miss the
 /// line on every call (measured: `store` with a reader busy on the other core, 2.1x `arc_swap`'s
 /// with the fields mixed).
-#[repr(align(128))]
+#[repr(align(64))]
 struct ReadSide {
     /// Unique in the process: names the domain in its sections' tags, its cookies and the
     /// debug-build deadlock detector. Never changes.
@@ -115,7 +120,6 @@ struct ReadSide {
 }
 
 /// Grace-period bookkeeping, changed only under `GraceDomain::steps`.
-#[derive(Debug)]
 struct Steps {
     /// Grace periods started. Equals `completed`, or `completed + 1` while one is in flight.
     started: u64,
@@ -130,7 +134,22 @@ struct Steps {
     /// Under loom: where sections go after each grace period (`with_mode_script`).
     #[cfg(drainable_loom)]
     script: &'static [bool],
+    /// Values to drop once a grace period has completed (`retire`; `deferred.rs`).
+    backlog: Backlog,
+    /// The record last found holding a section the grace period in flight waits for: checked
+    /// first by the next `finish_if_done`, so that calls made while one reader stays in its
+    /// section (every `retire`, every poll) read one line rather than every record.
+    blocker: Option<&'static records::Record>,
+    /// The grace period in flight (`started`) flipped the phase but its heavy barrier has not
+    /// completed yet: no scan of the records is valid, so it cannot complete. Paid outside the
+    /// step lock by the next caller that can (`GraceDomain::advance`).
+    barrier_owed: bool,
 }
+
+/// How long a caller that must not block lets a grace period's heavy barrier wait (only the
+/// signal barrier, where `membarrier` was refused, ever waits: for each thread's
+/// acknowledgement). Past it, the barrier stays owed to a later call.
+const BARRIER_SLICE: Duration = Duration::from_millis(1);
 
 /// Grace periods that start closer together than this are *frequent*.
 #[cfg_attr(drainable_loom, allow(dead_code))] // loom has no clock: `script`
@@ -273,8 +292,10 @@ impl GraceDomain {
                 frequent: 0,
                 #[cfg(drainable_loom)]
                 script: &[],
+                backlog: Backlog::new(),
+                blocker: None,
+                barrier_owed: false,
             }),
-            backlog: Mutex::new(Backlog::new()),
             backlog_front: AtomicU64::new(u64::MAX),
             backlog_limit: Self::DEFAULT_BACKLOG_LIMIT,
             dropping: Mutex::new(()),
@@ -482,8 +503,11 @@ impl GraceDomain {
 
     /// Asks for a grace period covering every read section that began before this call, and
     /// returns a cookie to [`poll`](Self::poll_grace_period) without blocking (SRCU's
-    /// `start_poll_synchronize_srcu`). Never waits for readers; takes the domain's step lock
-    /// for a bounded pass over the slots.
+    /// `start_poll_synchronize_srcu`). Never waits for readers: takes the domain's step lock
+    /// for a bounded pass over the slots and, when it starts a grace period, runs its
+    /// `membarrier` (a system call; where `membarrier` was refused and the signal barrier
+    /// replaces it, waits at most about a millisecond for other threads' acknowledgements, then
+    /// leaves the barrier to a later call).
     ///
     /// ```
     /// let d = drainable::GraceDomain::new();
@@ -498,8 +522,7 @@ impl GraceDomain {
         // began since; the one after it is needed.
         let target = steps.started + 1;
         steps.wanted = steps.wanted.max(target);
-        self.start_if_wanted(&mut steps);
-        drop(steps);
+        self.advance(steps, slice());
         self.collect();
         GraceCookie {
             domain: self.read.id,
@@ -507,9 +530,10 @@ impl GraceDomain {
         }
     }
 
-    /// Whether the grace period of `cookie` has ended. Never blocks: if the one in flight is
-    /// done it completes it (and starts the next one asked for), under the step lock when that
-    /// is free. After `true`, every section the cookie covers has ended and happens-before.
+    /// Whether the grace period of `cookie` has ended. Never waits for readers: if the one in
+    /// flight is done it completes it (and starts the next one asked for, as
+    /// [`start_grace_period`](Self::start_grace_period) does), under the step lock when that is
+    /// free. After `true`, every section the cookie covers has ended and happens-before.
     ///
     /// # Panics
     ///
@@ -533,9 +557,8 @@ impl GraceDomain {
             self.collect();
             return true;
         }
-        if let Some(mut steps) = self.try_lock_steps() {
-            self.finish_if_done(&mut steps);
-            self.start_if_wanted(&mut steps);
+        if let Some(steps) = self.try_lock_steps() {
+            self.advance(steps, slice());
         }
         self.collect();
         self.completed.load(Ordering::Acquire) >= cookie.number
@@ -552,6 +575,9 @@ impl GraceDomain {
     ) -> Poll<()> {
         loop {
             if self.poll_grace_period(cookie) {
+                // Off the records: left announced, every release on that record would pay a
+                // wake until the future is dropped.
+                wait.records.withdraw();
                 return Poll::Ready(());
             }
             let mut park = Task {
@@ -560,14 +586,18 @@ impl GraceDomain {
             };
             // First the sections counted in the slots (their token), then those on the
             // records, as `wait_for` does.
-            if self.word.wait_zero_with(None, &mut park) == Err(Pending)
-                || self.wait_records(None, &mut park, &mut wait.records) == Err(Pending)
-            {
+            if self.word.wait_zero_with(None, &mut park) == Err(Pending) {
+                wait.records.withdraw();
                 return Poll::Pending;
             }
-            let mut steps = self.lock_steps();
-            self.finish_if_done(&mut steps);
-            self.start_if_wanted(&mut steps);
+            if self.wait_records(None, &mut park, &mut wait.records) == Err(Pending) {
+                return Poll::Pending;
+            }
+            if !self.advance(self.lock_steps(), park.barrier_deadline(None)) {
+                // The signal barrier gave up at the task's slice: poll again.
+                let _ = park.barrier_gave_up(); // wakes the task: `Err` for a task
+                return Poll::Pending;
+            }
         }
     }
 
@@ -589,7 +619,7 @@ impl GraceDomain {
     /// first later call on the domain that finds its grace period ended: `retire`,
     /// [`GraceCell::store`], `start_grace_period`, [`poll_grace_period`](Self::poll_grace_period),
     /// `synchronize` and the futures, or `barrier`, on that caller's thread, outside the domain's
-    /// step and backlog locks; or when the domain is dropped. Reads never run drops. There is no
+    /// step lock; or when the domain is dropped. Reads never run drops. There is no
     /// background thread: a domain nobody calls keeps its backlog until
     /// [`barrier`](Self::barrier) or its own drop. A `Drop` that runs here may use the domain
     /// (retire more values, synchronize) but not call `barrier` on it (that panics); a panic in
@@ -605,8 +635,10 @@ impl GraceDomain {
     /// the drop of a cancelled [`replace_async`](GraceCell::replace_async) future (one value
     /// per future). [`heap_bytes`](Self::heap_bytes) counts the backlog.
     ///
-    /// Cost: the step lock and the backlog lock (uncontended, short), one fold of the slots per
-    /// batch, and the drops that are due. `T: Send + 'static`, since the drop may run on any
+    /// Cost: the step lock (uncontended, short), and per batch one grace period's start (a fold
+    /// of the slots, and a `membarrier` unless frequent grace periods have sent the readers to
+    /// the slots: see [`start_grace_period`](Self::start_grace_period)), and the drops that are
+    /// due. `T: Send + 'static`, since the drop may run on any
     /// thread, at any later time.
     ///
     /// # Panics
@@ -692,25 +724,24 @@ impl GraceDomain {
             // unpublished the value: it waits for every section that could see it. Read under
             // the step lock, which every start holds, so targets never decrease.
             let target = steps.started + 1;
-            let mut backlog = self.backlog.lock();
-            if may_wait && backlog.len() >= self.backlog_limit {
-                drop((backlog, steps));
+            if may_wait && steps.backlog.len() >= self.backlog_limit {
+                drop(steps);
                 self.empty_backlog();
                 continue;
             }
-            let open = backlog.push(target, value.take().expect("pushed once"));
-            let len = backlog.len();
-            // Relaxed: a hint for `collect`, written under the backlog lock.
+            let open = steps
+                .backlog
+                .push(target, value.take().expect("pushed once"));
+            let len = steps.backlog.len();
+            // Relaxed: a hint for `collect`, written under the step lock.
             self.backlog_front
-                .store(backlog.front_target(), Ordering::Relaxed);
-            drop(backlog);
+                .store(steps.backlog.front_target(), Ordering::Relaxed);
             // A full batch asks for its grace period; so does a value that must not wait (a
             // cancelled future's, rare: its drop should not wait for a batch to fill).
             if !may_wait || open >= BATCH.min(self.backlog_limit) || len >= self.backlog_limit {
                 steps.wanted = steps.wanted.max(target);
             }
-            self.start_if_wanted(&mut steps);
-            drop(steps);
+            self.advance(steps, slice());
             self.collect();
             return;
         }
@@ -746,11 +777,11 @@ impl GraceDomain {
         // drops.
         let completed = self.completed.load(Ordering::Acquire);
         let ready = {
-            let mut backlog = self.backlog.lock();
-            let ready = backlog.take_ready(completed);
+            let mut steps = self.lock_steps();
+            let ready = steps.backlog.take_ready(completed);
             // Relaxed: as in `defer`.
             self.backlog_front
-                .store(backlog.front_target(), Ordering::Relaxed);
+                .store(steps.backlog.front_target(), Ordering::Relaxed);
             ready
         };
         if ready.is_empty() {
@@ -798,7 +829,7 @@ impl GraceDomain {
         track::assert_not_held(self.read.id, "GraceDomain::barrier");
         {
             let _dropping = self.dropping.lock();
-            if self.backlog.lock().len() == 0 {
+            if self.lock_steps().backlog.len() == 0 {
                 // Every value retired before the call was taken by a collector, and the drop
                 // lock we hold says that collector has finished.
                 return;
@@ -828,7 +859,7 @@ impl GraceDomain {
     /// assert_eq!(d.backlog(), 0);
     /// ```
     pub fn backlog(&self) -> usize {
-        self.backlog.lock().len()
+        self.lock_steps().backlog.len()
     }
 
     /// Blocks until `cookie`'s grace period ended, or until the deadline. Returns whether it
@@ -848,11 +879,40 @@ impl GraceDomain {
             if !clear {
                 return self.poll_grace_period(cookie);
             }
-            // The in-flight grace period's sections are gone. Complete it under the step lock
-            // (another thread may hold it briefly, doing the same).
-            let mut steps = self.lock_steps();
+            // The in-flight grace period's sections are gone (or its barrier is still owed).
+            // Complete it under the step lock (another thread may hold it briefly, doing the
+            // same), paying a barrier owed with this caller's deadline.
+            if !self.advance(self.lock_steps(), deadline) {
+                return self.poll_grace_period(cookie);
+            }
+        }
+    }
+
+    /// Completes the grace period in flight if it is done and starts the next one asked for,
+    /// as often as that succeeds; a start's heavy barrier runs here, *outside* the step lock
+    /// (which a section may need: `install_slots`), until `deadline`. Returns `false` only if a
+    /// barrier gave up at the deadline (it stays owed, to the next call).
+    fn advance<'a>(&'a self, mut steps: MutexGuard<'a, Steps>, deadline: Option<Instant>) -> bool {
+        loop {
             self.finish_if_done(&mut steps);
             self.start_if_wanted(&mut steps);
+            if !steps.barrier_owed {
+                return true;
+            }
+            let number = steps.started;
+            drop(steps);
+            // After the flip of grace period `number` (made under the lock we held), so it is
+            // that grace period's barrier whichever thread runs it; several may, harmlessly.
+            if records::grace_barrier(deadline).is_err() {
+                return false;
+            }
+            steps = self.lock_steps();
+            if steps.barrier_owed && steps.started == number {
+                steps.barrier_owed = false;
+                // Release: a waiter that reads this number scans the records after the
+                // barrier (in happens-before), as `finish_if_done` does through the step lock.
+                self.in_flight.store(number, Ordering::Release);
+            }
         }
     }
 
@@ -861,8 +921,9 @@ impl GraceDomain {
         let completed = self.completed.load(Ordering::Relaxed);
         // Acquire: the token release (release → waiter) brings the sections' accesses.
         if steps.started == completed
+            || steps.barrier_owed
             || state::count(self.word.load(Ordering::Acquire)) != 0
-            || !self.records_clear(completed)
+            || !self.records_clear(steps, completed)
         {
             return;
         }
@@ -895,35 +956,34 @@ impl GraceDomain {
         let token = self.word.add_token();
         self.read.phases[old as usize].fold(&self.word, token);
         steps.started += 1;
-        // After the flip, before any scan of the records for the old phase: every section on a
-        // record that read the old phase at its re-read is visible to the scans from now on,
-        // and every later one sees the flip (`records::try_enter`). Under the step lock: a
-        // system call, bounded (the signal barrier, where `membarrier` is refused, waits for
-        // each thread's acknowledgement, and reports a thread that blocks its signal).
+        // After the flip, before any scan of the records for the old phase, the heavy barrier:
+        // then every section on a record that read the old phase at its re-read is visible to
+        // the scans, and every later one sees the flip (`records::try_enter`). It is a system
+        // call (the signal barrier, where `membarrier` is refused, waits for each thread's
+        // acknowledgement), so it runs outside the step lock: owed here, paid by `advance`.
         //
         // Skipped only when sections went to the slots before this flip and still do: then the
         // only sections on records are those that the barrier of the grace period that sent
         // them to the slots found (every later one saw `SLOTS_ONLY` at its re-read and left),
         // and the scans see them without a barrier (docs/design.md §7a).
-        if !(slots_only_before && slots_only) {
-            let barrier = records::grace_barrier(None);
-            debug_assert!(
-                barrier.is_ok(),
-                "a barrier without a deadline never gives up"
-            );
+        if !(slots_only_before && slots_only) && records::enabled() {
+            steps.barrier_owed = true;
+        } else {
+            // Release: as in `advance`.
+            self.in_flight.store(steps.started, Ordering::Release);
         }
-        // Release: a waiter that reads this number scans the records after the barrier (in
-        // happens-before), as `finish_if_done` does through the step lock.
-        self.in_flight.store(steps.started, Ordering::Release);
     }
 
     /// Whether no record holds a section of the phase that grace period `completed + 1` (in
-    /// flight) waits for. Under the step lock, so after the heavy barrier that the grace
-    /// period's start ran after its flip, in happens-before: that is all the scan needs
-    /// (a `SeqCst` fence ordered before the scan by happens-before orders it, in C++20's
-    /// model, which loom checks).
-    fn records_clear(&self, completed: u64) -> bool {
-        records::outstanding(Self::old_tag(self.read.id, completed)) == 0
+    /// flight) waits for. Called by `finish_if_done` under the step lock once the barrier is no
+    /// longer owed: after the heavy barrier that `advance` ran after the flip, in
+    /// happens-before (the step lock), which is all the scan needs (a `SeqCst` fence ordered
+    /// before the scan by happens-before orders it, in C++20's model, which loom checks); or,
+    /// from slots to slots, where no barrier is needed (docs/design.md §7a).
+    fn records_clear(&self, steps: &mut Steps, completed: u64) -> bool {
+        let tag = Self::old_tag(self.read.id, completed);
+        steps.blocker = records::first_holding(tag, steps.blocker);
+        steps.blocker.is_none()
     }
 
     /// The tag of the sections grace period `completed + 1` waits for: it flipped the phase
@@ -954,8 +1014,12 @@ impl GraceDomain {
         }
         let tag = Self::old_tag(self.read.id, completed);
         let is_over = || self.completed.load(Ordering::Acquire) > completed;
+        // The record last seen holding the tag is re-checked first: one line per spin, not a
+        // pass over every thread's record.
+        let mut holder = None;
         for _ in 0..P::SPINS {
-            if is_over() || records::outstanding(tag) == 0 {
+            holder = records::first_holding(tag, holder);
+            if is_over() || holder.is_none() {
                 return Ok(true);
             }
             platform::spin_hint();
@@ -997,7 +1061,7 @@ impl GraceDomain {
     pub fn heap_bytes(&self) -> usize {
         self.read.phases[0].heap_bytes()
             + self.read.phases[1].heap_bytes()
-            + self.backlog.lock().heap_bytes()
+            + self.lock_steps().backlog.heap_bytes()
     }
 }
 
@@ -1031,6 +1095,11 @@ fn barrier_in_drop() -> ! {
         "drainable: GraceDomain::barrier called from a deferred Drop running on the same domain; \
          it would wait forever for the drops this thread is running"
     );
+}
+
+/// The deadline of a barrier run by a caller that must not block (see [`BARRIER_SLICE`]).
+fn slice() -> Option<Instant> {
+    Instant::now().checked_add(BARRIER_SLICE)
 }
 
 #[cold]
@@ -1111,7 +1180,8 @@ impl GraceWait {
     pub(crate) fn new() -> Self {
         GraceWait {
             waiter: TaskWaiter::new(),
-            // Every grace period runs the heavy barrier when it starts.
+            // `wait_records` scans only after the grace period's heavy barrier (`in_flight`),
+            // or, from slots to slots, where none is needed (docs/design.md §7a).
             records: RecordWait::after_barrier(),
         }
     }
@@ -1205,30 +1275,40 @@ mod tests {
         let d = GraceDomain::new();
         thread::scope(|s| {
             let (tx, rx) = mpsc::channel();
-            let (d, rx) = (&d, std::sync::Mutex::new(rx));
-            let reader = s.spawn(move || {
+            let (done_tx, done_rx) = mpsc::channel::<()>();
+            let (record_tx, record_rx) = mpsc::channel();
+            let (d, rx, done_rx) = (
+                &d,
+                std::sync::Mutex::new(rx),
+                std::sync::Mutex::new(done_rx),
+            );
+            s.spawn(move || {
                 let section = d.enter();
                 assert!(matches!(section.place, Place::Local(_)), "on the record");
-                let record = records::record_of_this_thread().unwrap();
+                record_tx
+                    .send(records::record_of_this_thread().unwrap())
+                    .unwrap();
                 rx.lock().unwrap().recv().unwrap();
                 drop(section);
-                record
+                // Keeps the record until the check below: once this thread exits, another
+                // test's thread may take it over, and its drainers announce themselves on it.
+                let _ = done_rx.lock().unwrap().recv();
             });
+            let record = record_rx.recv().unwrap();
             let sync = s.spawn(|| d.synchronize());
             // The reader holds its section until the synchronizer has announced itself on the
-            // reader's record (other tests' drainers may announce too: then this only lets go
-            // sooner).
-            while records::announced() == 0 {
+            // reader's record.
+            while records::announced_on(record) == 0 {
                 thread::yield_now();
             }
             tx.send(()).unwrap();
-            let record = reader.join().unwrap();
             sync.join().unwrap();
             assert_eq!(
                 records::announced_on(record),
                 0,
                 "the synchronizer stayed counted on the reader's record"
             );
+            done_tx.send(()).unwrap();
         });
         no_wakes_without_waiters(&d);
     }
@@ -1283,6 +1363,63 @@ mod tests {
             on_record(&d.enter()),
             "a quiet spell brings sections back to the records"
         );
+    }
+
+    /// A `synchronize_async` future that has returned `Ready` but is not dropped yet is off
+    /// the reader's record: later sections there wake nobody. (An outside review found it left
+    /// counted, so that each release on that record paid a futex wake until the drop.)
+    #[test]
+    fn a_ready_future_is_off_the_records() {
+        use std::future::Future;
+        use std::task::Waker;
+        if !records::enabled() {
+            return;
+        }
+        let d = GraceDomain::new();
+        thread::scope(|s| {
+            let (tx, rx) = mpsc::channel::<()>();
+            let (record_tx, record_rx) = mpsc::channel();
+            let (more_tx, more_rx) = mpsc::channel::<()>();
+            let (wakes_tx, wakes_rx) = mpsc::channel();
+            let d = &d;
+            s.spawn(move || {
+                let section = d.enter();
+                record_tx
+                    .send(records::record_of_this_thread().unwrap())
+                    .unwrap();
+                rx.recv().unwrap();
+                drop(section);
+                more_rx.recv().unwrap();
+                let before = crate::platform::wakes::made();
+                for _ in 0..100 {
+                    drop(d.enter());
+                }
+                wakes_tx
+                    .send(crate::platform::wakes::made() - before)
+                    .unwrap();
+            });
+            let record = record_rx.recv().unwrap();
+            let mut cx = Context::from_waker(Waker::noop());
+            let mut f = Box::pin(d.synchronize_async());
+            assert!(f.as_mut().poll(&mut cx).is_pending());
+            assert_eq!(
+                records::announced_on(record),
+                1,
+                "waits on the reader's record"
+            );
+            tx.send(()).unwrap();
+            while f.as_mut().poll(&mut cx).is_pending() {
+                thread::yield_now();
+            }
+            assert_eq!(
+                records::announced_on(record),
+                0,
+                "a Ready future left counted"
+            );
+            more_tx.send(()).unwrap();
+            assert_eq!(wakes_rx.recv().unwrap(), 0, "later releases woke");
+            drop(f);
+        });
     }
 
     fn no_wakes_without_waiters(d: &GraceDomain) {
@@ -1460,12 +1597,13 @@ mod tests {
         for _ in 0..BATCH {
             d.retire(Count(Arc::clone(&drops)));
         }
-        // The batch asked for a grace period, which no reader holds up; the next retire
-        // completes it and drops the batch.
-        assert_eq!(d.completed.load(Ordering::Relaxed), 0);
-        d.retire(Count(Arc::clone(&drops)));
+        // The full batch asked for its grace period, which no reader holds up: the retire that
+        // filled it started it, ran its barrier, completed it and dropped the batch.
+        assert_eq!(d.completed.load(Ordering::Relaxed), 1);
         assert_eq!(drops.load(Ordering::Relaxed), BATCH);
-        assert_eq!(d.backlog(), 1);
+        assert_eq!(d.backlog(), 0);
+        d.retire(Count(Arc::clone(&drops)));
+        assert_eq!(d.backlog(), 1, "a value short of a batch waits for more");
         d.barrier();
         assert_eq!(drops.load(Ordering::Relaxed), BATCH + 1);
     }
@@ -1518,15 +1656,16 @@ mod tests {
         let (started_tx, started) = mpsc::channel();
         let (go, go_rx) = mpsc::channel();
         let done = Arc::new(AtomicBool::new(false));
-        d.retire(Slow {
+        let slow = Slow {
             started: started_tx,
             go: go_rx,
             done: Arc::clone(&done),
-        });
+        };
         thread::scope(|s| {
-            // With a limit of 1 the batch has asked for its grace period; this call completes
-            // it and runs the drop, which blocks inside `Drop` until told to go on.
-            let collector = s.spawn(|| d.retire(0u8));
+            // With a limit of 1 the value asks for its grace period at once; with no reader
+            // the same call completes it and runs the drop, which blocks inside `Drop` until
+            // told to go on.
+            let collector = s.spawn(|| d.retire(slow));
             started.recv().unwrap();
             let barrier = s.spawn(|| {
                 d.barrier();
@@ -1557,8 +1696,9 @@ mod tests {
         }
         let d = Arc::new(GraceDomain::with_backlog_limit(1));
         let drops = counter();
+        // With no reader, the retire completes the value's grace period and drops it itself;
+        // the drop's own retire is queued past the limit (the drop lock is held).
         d.retire(Chain(Arc::clone(&d), 1, Arc::clone(&drops)));
-        d.barrier();
         assert_eq!(drops.load(Ordering::Relaxed), 1);
         assert_eq!(d.backlog(), 1); // the link retired by the drop
         d.barrier();
@@ -1570,8 +1710,12 @@ mod tests {
                 self.0.barrier();
             }
         }
-        d.retire(Waits(Arc::clone(&d)));
-        let r = std::panic::catch_unwind(|| d.barrier());
+        // Dropped by the retire itself (no reader) or by the barrier: either way, from a
+        // deferred drop, whose `barrier` panics.
+        let r = std::panic::catch_unwind(|| {
+            d.retire(Waits(Arc::clone(&d)));
+            d.barrier();
+        });
         let msg = *r.unwrap_err().downcast::<&str>().unwrap();
         assert!(msg.contains("barrier called from a deferred Drop"), "{msg}");
         // The panic left the domain usable.

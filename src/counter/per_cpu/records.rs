@@ -206,8 +206,9 @@ pub(crate) fn section_tag(id: u64, phase: u32) -> u64 {
 
 /// Enters a read section of the grace domain `id` on this thread's record: writes the tag of
 /// the current phase into a free entry, then re-reads `phase`, and moves the entry to the new
-/// phase for as long as the phase has changed in between. Returns the hold and the phase the
-/// section counts in, or `None` (no record on this thread, or all its entries taken).
+/// phase for as long as the phase has changed in between. Returns the hold (its entry holds
+/// the tag of the phase the section counts in), or `None` (no record on this thread, or all
+/// its entries taken, or the domain sends its sections to the slots).
 ///
 /// Why the re-read (`docs/design.md` §7): a grace period flips `phase`, runs the heavy barrier,
 /// then waits for the entries tagged with the old phase. The store of the tag and the re-read
@@ -295,6 +296,16 @@ pub(crate) fn outstanding(id: u64) -> usize {
     records().map(|r| r.holds(id)).sum()
 }
 
+/// A record with an entry holding `id`, or `None` (a scan, as [`outstanding`]). `hint` (a
+/// record that held it at an earlier scan) is checked first: while one section stays open, a
+/// caller that polls pays one load, not a pass over every thread's record.
+pub(crate) fn first_holding(id: u64, hint: Option<&'static Record>) -> Option<&'static Record> {
+    if let Some(record) = hint.filter(|r| r.holds(id) != 0) {
+        return Some(record);
+    }
+    records().find(|r| r.holds(id) != 0)
+}
+
 /// A drainer's progress through the records, kept by the caller: a blocking wait keeps it for
 /// one call, a task across its polls (so that a release between two polls still wakes it, and
 /// a poll does not repeat a barrier).
@@ -339,7 +350,9 @@ impl RecordWait {
         true
     }
 
-    fn withdraw(&mut self) {
+    /// Counts this drainer out of the record it is announced on, if any (a task that is done
+    /// waiting on the records, or moves to another wait).
+    pub(crate) fn withdraw(&mut self) {
         if let Some(record) = self.announced.take() {
             // Relaxed: a stale non-zero only costs a releaser one needless wake.
             record.waiters.fetch_sub(1, Ordering::Relaxed);
@@ -721,12 +734,6 @@ impl platform::Owners for RecordList {
             f(&record.handshake, &record.in_use);
         }
     }
-}
-
-/// Drainers counted on any record right now (tests of other modules).
-#[cfg(all(test, not(drainable_loom)))]
-pub(crate) fn announced() -> u32 {
-    records().map(|r| r.waiters.load(Ordering::Relaxed)).sum()
 }
 
 /// Drainers counted on `record` (an address from [`record_of_this_thread`]).
