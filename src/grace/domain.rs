@@ -174,11 +174,10 @@ impl Steps {
         {
             let _ = slots_only_now;
             // `started` is not bumped yet: grace period `started + 1` starts.
-            return self
-                .script
+            self.script
                 .get(self.started as usize)
                 .copied()
-                .unwrap_or(false);
+                .unwrap_or(false)
         }
         #[cfg(not(drainable_loom))]
         {
