@@ -111,19 +111,11 @@ fn a_timed_drain_keeps_its_deadline_while_a_thread_blocks_the_signal() {
     }
     child::setup(Duration::from_secs(60));
     let d = PerCpuDrainable::new(());
-    let (blocked_tx, blocked_rx) = mpsc::channel();
-    let (unblock_tx, unblock_rx) = mpsc::channel::<()>();
     thread::scope(|s| {
         let d = &d;
-        s.spawn(move || {
-            drop(d.try_acquire().expect("open")); // this thread now owns a record
-            let set = rt_signals();
-            sigmask(libc::SIG_BLOCK, &set);
-            blocked_tx.send(()).unwrap();
-            let _ = unblock_rx.recv();
-            sigmask(libc::SIG_UNBLOCK, &set);
-        });
-        blocked_rx.recv().unwrap();
+        // The thread takes a guard first, so that it owns a record.
+        let unblock_tx =
+            block_signals_on_a_thread(s, || drop(d.try_acquire().expect("open")), || {});
         let timed = d.drain_timeout(Duration::from_millis(20));
         if child::records_expected(true) {
             assert!(
@@ -163,19 +155,11 @@ fn a_drain_async_poll_does_not_block_while_a_thread_blocks_the_signal() {
     }
     child::setup(Duration::from_secs(60));
     let d = PerCpuDrainable::new(());
-    let (blocked_tx, blocked_rx) = mpsc::channel();
-    let (unblock_tx, unblock_rx) = mpsc::channel::<()>();
     thread::scope(|s| {
         let d = &d;
-        s.spawn(move || {
-            drop(d.try_acquire().expect("open")); // this thread now owns a record
-            let set = rt_signals();
-            sigmask(libc::SIG_BLOCK, &set);
-            blocked_tx.send(()).unwrap();
-            let _ = unblock_rx.recv();
-            sigmask(libc::SIG_UNBLOCK, &set);
-        });
-        blocked_rx.recv().unwrap();
+        // The thread takes a guard first, so that it owns a record.
+        let unblock_tx =
+            block_signals_on_a_thread(s, || drop(d.try_acquire().expect("open")), || {});
         if child::records_expected(true) {
             let mut cx = Context::from_waker(Waker::noop());
             let mut f = Box::pin(d.drain_async());
@@ -408,6 +392,29 @@ fn a_guard_dropped_by_a_late_thread_local_destructor_ends_the_drain() {
     println!("{MARKER}");
 }
 
+/// Spawns a thread that takes a record (`own_record`), blocks the barrier's signals, runs
+/// `meanwhile`, and keeps them blocked until the returned sender is used or dropped. Returns
+/// once the signals are blocked.
+fn block_signals_on_a_thread<'s>(
+    s: &'s thread::Scope<'s, '_>,
+    own_record: impl FnOnce() + Send + 's,
+    meanwhile: impl FnOnce() + Send + 's,
+) -> mpsc::Sender<()> {
+    let (blocked_tx, blocked_rx) = mpsc::channel();
+    let (unblock_tx, unblock_rx) = mpsc::channel::<()>();
+    s.spawn(move || {
+        own_record();
+        let set = rt_signals();
+        sigmask(libc::SIG_BLOCK, &set);
+        blocked_tx.send(()).unwrap();
+        meanwhile();
+        let _ = unblock_rx.recv();
+        sigmask(libc::SIG_UNBLOCK, &set);
+    });
+    blocked_rx.recv().unwrap();
+    unblock_tx
+}
+
 fn rt_signals() -> libc::sigset_t {
     // SAFETY: `sigemptyset` initialises the set; `sigaddset` takes valid signal numbers.
     unsafe {
@@ -447,18 +454,9 @@ fn grace_periods_keep_their_deadlines_while_a_thread_blocks_the_signal() {
     child::setup(Duration::from_secs(60));
     let cell = drainable::GraceCell::new(0u64);
     let d = cell.domain();
-    let (blocked_tx, blocked_rx) = mpsc::channel();
-    let (unblock_tx, unblock_rx) = mpsc::channel::<()>();
     thread::scope(|s| {
-        s.spawn(move || {
-            drop(d.enter()); // this thread now owns a record
-            let set = rt_signals();
-            sigmask(libc::SIG_BLOCK, &set);
-            blocked_tx.send(()).unwrap();
-            let _ = unblock_rx.recv();
-            sigmask(libc::SIG_UNBLOCK, &set);
-        });
-        blocked_rx.recv().unwrap();
+        // The thread enters a section first, so that it owns a record.
+        let unblock_tx = block_signals_on_a_thread(s, || drop(d.enter()), || {});
         if child::records_expected(true) {
             assert!(
                 d.synchronize_timeout(Duration::from_millis(20)).is_err(),
@@ -500,24 +498,19 @@ fn a_first_slot_section_is_not_held_up_by_a_barrier_waiting_for_its_thread() {
     }
     child::setup(Duration::from_secs(60));
     let cell = std::sync::Arc::new(drainable::GraceCell::new(1u32));
-    let (blocked_tx, blocked_rx) = mpsc::channel();
     let (go_tx, go_rx) = mpsc::channel::<()>();
     let (read_tx, read_rx) = mpsc::channel();
-    let (unblock_tx, unblock_rx) = mpsc::channel::<()>();
     thread::scope(|s| {
-        let reader_cell = std::sync::Arc::clone(&cell);
-        s.spawn(move || {
-            drop(reader_cell.read()); // owns a record
-            let set = rt_signals();
-            sigmask(libc::SIG_BLOCK, &set);
-            blocked_tx.send(()).unwrap();
-            go_rx.recv().unwrap();
-            // The domain's first section in the slots: installs them under the step lock.
-            read_tx.send(*reader_cell.read_owned()).unwrap();
-            let _ = unblock_rx.recv();
-            sigmask(libc::SIG_UNBLOCK, &set);
-        });
-        blocked_rx.recv().unwrap();
+        let cell = &cell;
+        let unblock_tx = block_signals_on_a_thread(
+            s,
+            || drop(cell.read()), // owns a record
+            move || {
+                go_rx.recv().unwrap();
+                // The domain's first section in the slots: installs them under the step lock.
+                read_tx.send(*cell.read_owned()).unwrap();
+            },
+        );
         let sync = s.spawn(|| cell.domain().synchronize());
         // Let the synchronizer reach its barrier (if it does not yet, the test still passes:
         // the property is that nothing below can wait for the step lock across a barrier).

@@ -173,16 +173,22 @@ fn slow_reader_across_two_grace_periods_in_the_slots() {
 }
 
 fn slow_reader_across_two_grace_periods(path: Path) {
+    slow_reader(path, &[], 2);
+}
+
+/// A reader along `path` races `replaces` replaces in a row (each poisoning the value it got
+/// back), on a domain whose sections go where `script` says after each grace period.
+fn slow_reader(path: Path, script: &'static [bool], replaces: u32) {
     model(move || {
-        let cell = Arc::new(GraceCell::new(Cell::new(1u32)));
+        let cell = scripted(script);
         let reader = {
             let cell = Arc::clone(&cell);
             thread::spawn(move || {
                 let v = read(&cell, path);
-                assert!((1..=3).contains(&v), "read {v:#x}");
+                assert!((1..=replaces + 1).contains(&v), "read {v:#x}");
             })
         };
-        for next in 2..=3 {
+        for next in 2..=replaces + 1 {
             let old = cell.replace(Cell::new(next));
             assert_eq!(old.get(), next - 1);
             old.set(POISON);
@@ -339,44 +345,14 @@ fn scripted(script: &'static [bool]) -> Arc<GraceCell<Cell<u32>>> {
 /// first barrier's scan or left for the slots at its re-read.
 #[test]
 fn slow_reader_while_sections_move_to_the_slots() {
-    model(|| {
-        let cell = scripted(&[true, true]);
-        let reader = {
-            let cell = Arc::clone(&cell);
-            thread::spawn(move || {
-                let v = read(&cell, Path::Record);
-                assert!((1..=3).contains(&v), "read {v:#x}");
-            })
-        };
-        for next in 2..=3 {
-            let old = cell.replace(Cell::new(next));
-            assert_eq!(old.get(), next - 1);
-            old.set(POISON);
-        }
-        reader.join().unwrap();
-    });
+    slow_reader(Path::Record, &[true, true], 2);
 }
 
 /// The way back: the first grace period sends sections to the slots, the second back to the
 /// records (a barrier again), against a slow reader that may start on either side.
 #[test]
 fn slow_reader_while_sections_move_back_to_the_records() {
-    model(|| {
-        let cell = scripted(&[true, false]);
-        let reader = {
-            let cell = Arc::clone(&cell);
-            thread::spawn(move || {
-                let v = read(&cell, Path::Record);
-                assert!((1..=3).contains(&v), "read {v:#x}");
-            })
-        };
-        for next in 2..=3 {
-            let old = cell.replace(Cell::new(next));
-            assert_eq!(old.get(), next - 1);
-            old.set(POISON);
-        }
-        reader.join().unwrap();
-    });
+    slow_reader(Path::Record, &[true, false], 2);
 }
 
 /// A poller on a third thread starts grace periods and may pay their heavy barrier (which runs
@@ -422,20 +398,5 @@ fn a_poller_shares_the_grace_period_while_sections_move_to_the_slots() {
 /// Three grace periods: to the slots, staying, and back to the records, against a slow reader.
 #[test]
 fn slow_reader_across_a_round_trip_to_the_slots() {
-    model(|| {
-        let cell = scripted(&[true, true, false]);
-        let reader = {
-            let cell = Arc::clone(&cell);
-            thread::spawn(move || {
-                let v = read(&cell, Path::Record);
-                assert!((1..=4).contains(&v), "read {v:#x}");
-            })
-        };
-        for next in 2..=4 {
-            let old = cell.replace(Cell::new(next));
-            assert_eq!(old.get(), next - 1);
-            old.set(POISON);
-        }
-        reader.join().unwrap();
-    });
+    slow_reader(Path::Record, &[true, true, false], 3);
 }
