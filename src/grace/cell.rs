@@ -188,16 +188,21 @@ impl<T> GraceCell<T> {
     }
 
     /// Publishes `value` and retires the old one ([`GraceDomain::retire`]): the old value is
-    /// dropped once no reader can still see it, by a later call on the domain, without this
-    /// writer waiting for readers. The deferred counterpart of [`replace`](Self::replace), for
+    /// dropped once no reader can still see it, by the first call on the domain that finds its
+    /// grace period over (this one, if it completes the batch's grace period with no reader in
+    /// the way), without this writer waiting for readers. The deferred counterpart of [`replace`](Self::replace), for
     /// writers that must not block on a reader and do not need the old value back; the store of
     /// `arc-swap` and of `crossbeam-epoch`'s `Atomic::swap` + `defer_destroy`.
     ///
     /// Writers serialise on the cell's writer lock for the swap only. The drop of the old value
-    /// runs where and when `retire`'s docs say, in a batch, on the thread of a later call
-    /// ([`GraceDomain::barrier`] waits for it). Non-blocking while the domain's backlog is under
-    /// its limit; on a full backlog (a reader stalled in its section for a whole backlog of
-    /// stores) it waits as `retire` does.
+    /// runs where and when `retire`'s docs say, in a batch, on the thread of that call
+    /// ([`GraceDomain::barrier`] waits for it). Never waits for readers while the domain's
+    /// backlog is under its limit: the store that fills a batch starts its grace period, which
+    /// costs a `membarrier` system call unless frequent grace periods have moved the readers to
+    /// the slots (and, where `membarrier` was refused, up to about 10 ms of the signal barrier
+    /// waiting for acknowledgements, then the barrier is left to a later call). On a full
+    /// backlog (a reader stalled in its section for a whole backlog of stores) it waits as
+    /// `retire` does.
     ///
     /// # Panics
     ///

@@ -40,7 +40,8 @@ use std::time::{Duration, Instant};
 ///   once, and for [`GraceCell::read_owned`] (which may end on another thread): one
 ///   uncontended CAS / `fetch_sub` on the current CPU's slot.
 /// - A grace period: flips the phase, folds the old phase's slots (one read-modify-write per
-///   slot), runs `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` once (a system call that
+///   slot), runs `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` (once; a blocking waiter that
+///   finds it not yet run may run its own; a system call that
 ///   interrupts every CPU running a thread of the process: under a microsecond idle, about
 ///   17 us with one busy reader on the 2-vCPU VM of `docs/benchmarks.md`), then waits (spin,
 ///   then futex) until the old phase's sections in the slots and on the records have ended.
@@ -144,11 +145,15 @@ struct Steps {
     /// completed yet: no scan of the records is valid, so it cannot complete. Paid outside the
     /// step lock by the next caller that can (`GraceDomain::advance`).
     barrier_owed: bool,
+    /// Threads running an owed barrier right now (outside the lock): a caller that must not
+    /// block leaves the debt to them rather than run a barrier of its own.
+    paying: u32,
 }
 
 /// How long a caller that must not block lets a grace period's heavy barrier wait (only the
 /// signal barrier, where `membarrier` was refused, ever waits: for each thread's
-/// acknowledgement). Past it, the barrier stays owed to a later call.
+/// acknowledgement; it checks every 10 ms, so a failing attempt takes up to about 10 ms). Past
+/// it, the barrier stays owed to a later call.
 const BARRIER_SLICE: Duration = Duration::from_millis(1);
 
 /// Grace periods that start closer together than this are *frequent*.
@@ -294,6 +299,7 @@ impl GraceDomain {
                 backlog: Backlog::new(),
                 blocker: None,
                 barrier_owed: false,
+                paying: 0,
             }),
             backlog_front: AtomicU64::new(u64::MAX),
             backlog_limit: Self::DEFAULT_BACKLOG_LIMIT,
@@ -333,7 +339,8 @@ impl GraceDomain {
     /// ```
     /// let d = drainable::GraceDomain::with_backlog_limit(1);
     /// d.retire(String::from("a"));
-    /// d.retire(String::from("b")); // waits a grace period and drops "a" first
+    /// d.retire(String::from("b")); // at the limit: "a" is dropped first, once no reader can
+    ///                              // see it (here, with no reader, "a" already went at once)
     /// assert!(d.backlog() <= 1);
     /// ```
     pub fn with_backlog_limit(limit: usize) -> Self {
@@ -505,8 +512,8 @@ impl GraceDomain {
     /// `start_poll_synchronize_srcu`). Never waits for readers: takes the domain's step lock
     /// for a bounded pass over the slots and, when it starts a grace period, runs its
     /// `membarrier` (a system call; where `membarrier` was refused and the signal barrier
-    /// replaces it, waits at most about a millisecond for other threads' acknowledgements, then
-    /// leaves the barrier to a later call).
+    /// replaces it, waits up to about 10 ms for other threads' acknowledgements, then leaves the
+    /// barrier to a later call; a barrier another thread is already running is left to it).
     ///
     /// ```
     /// let d = drainable::GraceDomain::new();
@@ -521,7 +528,7 @@ impl GraceDomain {
         // began since; the one after it is needed.
         let target = steps.started + 1;
         steps.wanted = steps.wanted.max(target);
-        self.advance(steps, slice());
+        self.advance(steps, slice(), true);
         self.collect();
         GraceCookie {
             domain: self.read.id,
@@ -547,6 +554,13 @@ impl GraceDomain {
     /// assert!(d.poll_grace_period(cookie));
     /// ```
     pub fn poll_grace_period(&self, cookie: GraceCookie) -> bool {
+        self.poll_inner(cookie, true)
+    }
+
+    /// `poll_grace_period`; without `pay`, an owed barrier is left to the caller's own
+    /// `advance` (`wait_for`, `poll_for`: they pay it with their own deadline next), so that one
+    /// call does not run two failing barriers.
+    fn poll_inner(&self, cookie: GraceCookie, pay: bool) -> bool {
         if cookie.domain != self.read.id {
             foreign_cookie(cookie.domain, self.read.id);
         }
@@ -556,8 +570,13 @@ impl GraceDomain {
             self.collect();
             return true;
         }
-        if let Some(steps) = self.try_lock_steps() {
-            self.advance(steps, slice());
+        if let Some(mut steps) = self.try_lock_steps() {
+            if pay {
+                self.advance(steps, slice(), true);
+            } else {
+                self.finish_if_done(&mut steps);
+                self.start_if_wanted(&mut steps);
+            }
         }
         self.collect();
         self.completed.load(Ordering::Acquire) >= cookie.number
@@ -573,7 +592,7 @@ impl GraceDomain {
         cx: &mut Context<'_>,
     ) -> Poll<()> {
         loop {
-            if self.poll_grace_period(cookie) {
+            if self.poll_inner(cookie, false) {
                 // Off the records: left announced, every release on that record would pay a
                 // wake until the future is dropped.
                 wait.records.withdraw();
@@ -592,7 +611,7 @@ impl GraceDomain {
             if self.wait_records(None, &mut park, &mut wait.records) == Err(Pending) {
                 return Poll::Pending;
             }
-            if !self.advance(self.lock_steps(), park.barrier_deadline(None)) {
+            if !self.advance(self.lock_steps(), park.barrier_deadline(None), false) {
                 // The signal barrier gave up at the task's slice: poll again.
                 let _ = park.barrier_gave_up(); // wakes the task: `Err` for a task
                 return Poll::Pending;
@@ -615,7 +634,8 @@ impl GraceDomain {
     /// batches: a batch of up to 32 values shares one grace period, asked for when the batch is
     /// full (or by any [`synchronize`](Self::synchronize), [`barrier`](Self::barrier) or
     /// [`start_grace_period`](Self::start_grace_period) meanwhile). A value is dropped by the
-    /// first later call on the domain that finds its grace period ended: `retire`,
+    /// first call on the domain that finds its grace period ended (the `retire` that filled the
+    /// batch itself, when no reader holds the grace period up): `retire`,
     /// [`GraceCell::store`], `start_grace_period`, [`poll_grace_period`](Self::poll_grace_period),
     /// `synchronize` and the futures, or `barrier`, on that caller's thread, outside the domain's
     /// step lock; or when the domain is dropped. Reads never run drops. There is no
@@ -740,7 +760,7 @@ impl GraceDomain {
             if !may_wait || open >= BATCH.min(self.backlog_limit) || len >= self.backlog_limit {
                 steps.wanted = steps.wanted.max(target);
             }
-            self.advance(steps, slice());
+            self.advance(steps, slice(), true);
             self.collect();
             return;
         }
@@ -865,24 +885,24 @@ impl GraceDomain {
     /// ended.
     fn wait_for(&self, cookie: GraceCookie, deadline: Option<Instant>) -> bool {
         loop {
-            if self.poll_grace_period(cookie) {
+            if self.poll_inner(cookie, false) {
                 return true;
             }
             // The sections of the in-flight grace period counted in the slots: their token.
             if !self.word.wait_zero(deadline) {
-                return self.poll_grace_period(cookie);
+                return self.poll_inner(cookie, false);
             }
             // Those on the threads' records.
             let Ok(clear) =
                 self.wait_records(deadline, &mut Block, &mut RecordWait::after_barrier());
             if !clear {
-                return self.poll_grace_period(cookie);
+                return self.poll_inner(cookie, false);
             }
             // The in-flight grace period's sections are gone (or its barrier is still owed).
             // Complete it under the step lock (another thread may hold it briefly, doing the
             // same), paying a barrier owed with this caller's deadline.
-            if !self.advance(self.lock_steps(), deadline) {
-                return self.poll_grace_period(cookie);
+            if !self.advance(self.lock_steps(), deadline, false) {
+                return self.poll_inner(cookie, false);
             }
         }
     }
@@ -891,21 +911,32 @@ impl GraceDomain {
     /// as often as that succeeds; a start's heavy barrier runs here, *outside* the step lock
     /// (which a section may need: `install_slots`), until `deadline`. Returns `false` only if a
     /// barrier gave up at the deadline (it stays owed, to the next call).
-    fn advance<'a>(&'a self, mut steps: MutexGuard<'a, Steps>, deadline: Option<Instant>) -> bool {
+    ///
+    /// With `share` (a caller that must not block), a barrier that another thread is already
+    /// running is left to it: one barrier per grace period, not one per concurrent writer.
+    fn advance<'a>(
+        &'a self,
+        mut steps: MutexGuard<'a, Steps>,
+        deadline: Option<Instant>,
+        share: bool,
+    ) -> bool {
         loop {
             self.finish_if_done(&mut steps);
             self.start_if_wanted(&mut steps);
-            if !steps.barrier_owed {
+            if !steps.barrier_owed || (share && steps.paying > 0) {
                 return true;
             }
             let number = steps.started;
+            steps.paying += 1;
             drop(steps);
             // After the flip of grace period `number` (made under the lock we held), so it is
             // that grace period's barrier whichever thread runs it; several may, harmlessly.
-            if records::grace_barrier(deadline).is_err() {
+            let paid = records::grace_barrier(deadline).is_ok();
+            steps = self.lock_steps();
+            steps.paying -= 1;
+            if !paid {
                 return false;
             }
-            steps = self.lock_steps();
             if steps.barrier_owed && steps.started == number {
                 steps.barrier_owed = false;
                 // Release: a waiter that reads this number scans the records after the

@@ -640,3 +640,32 @@ fn closes_beyond_the_word_spill_and_come_back() {
         assert!(d.reopen(), "a close was left behind");
     });
 }
+
+/// An owned acquisition made after the reader saw the drain begin is refused, for the per-CPU
+/// counter too, whose close sets the word before it folds the slots (under its control lock):
+/// an increment in that window is counted by the fold, but `try_acquire_owned` must still say
+/// `None` once the drainable reads closed (a CI run caught `Debug` showing a value while
+/// `Closing`).
+#[test]
+fn an_owned_acquisition_after_the_close_is_seen_is_refused() {
+    model(|| {
+        let (d, cell) = canary(7);
+        // An owned guard first: the per-CPU slots exist from here on (the window is between
+        // the word's close and the fold of slots already made).
+        drop(d.try_acquire_owned());
+        let reader = {
+            let d = Arc::clone(&d);
+            thread::spawn(move || {
+                if !d.is_open() {
+                    assert!(
+                        d.try_acquire_owned().is_none(),
+                        "an owned guard was taken after the drain was seen to begin"
+                    );
+                }
+            })
+        };
+        d.drain();
+        cell.set(POISON);
+        reader.join().unwrap();
+    });
+}

@@ -6,7 +6,7 @@ pub(crate) mod records;
 pub(crate) mod slots;
 
 use super::{Close, Counter, Outstanding, sealed};
-use crate::lifecycle::{Closing, Hold, Open, Refused, Token, Word};
+use crate::lifecycle::{self, Closing, Hold, Open, Refused, Token, Word};
 use crate::platform::{self, AtomicU64, Mutex, MutexGuard, Ordering};
 use records::{LocalHold, RecordWait, Waited};
 use slots::Folding;
@@ -143,10 +143,10 @@ impl sealed::CounterImpl for PerCpu {
     }
 
     #[inline]
-    fn try_acquire_owned(&self, _word: &Word) -> Result<PerCpuTicket, Refused> {
+    fn try_acquire_owned(&self, word: &Word) -> Result<PerCpuTicket, Refused> {
         match self.slots.try_increment() {
-            Ok(index) => Ok(PerCpuTicket(Place::Slot(index))),
-            Err(slots::NO_SLOTS) => self.install_slots_and_acquire(),
+            Ok(index) => Self::unless_closed(word, &self.slots, index),
+            Err(slots::NO_SLOTS) => self.install_slots_and_acquire(word),
             Err(value) => Err(refused(value)),
         }
     }
@@ -275,16 +275,34 @@ impl PerCpu {
     /// use*), and takes the guard there.
     #[cold]
     #[inline(never)]
-    fn install_slots_and_acquire(&self) -> Result<PerCpuTicket, Refused> {
+    fn install_slots_and_acquire(&self, word: &Word) -> Result<PerCpuTicket, Refused> {
         {
             let _control = self.lock_control();
             self.slots.install();
         }
         match self.slots.try_increment() {
-            Ok(index) => Ok(PerCpuTicket(Place::Slot(index))),
+            Ok(index) => Self::unless_closed(word, &self.slots, index),
             // Installed for good above: never `NO_SLOTS` again.
             Err(value) => Err(refused(value)),
         }
+    }
+
+    /// A count just taken on slot `index`, kept unless the word is closed by now. A close sets
+    /// the word, then folds the slots (under the control lock): an increment in between is
+    /// counted by the fold and would be waited for, but a caller that saw the drain begin must
+    /// get `None` (the contract of `try_acquire_owned`; the record path re-reads the word the
+    /// same way). loom: `an_owned_acquisition_after_the_close_is_seen_is_refused`.
+    #[inline]
+    fn unless_closed(word: &Word, slots: &Folding, index: u32) -> Result<PerCpuTicket, Refused> {
+        // Acquire: open → acquirer (pairs with the Release of `reopen` / `undo`), as in the
+        // record path.
+        if lifecycle::is_closed(word.load(Ordering::Acquire)) {
+            // SAFETY: the count on slot `index` was taken just above and is given back once,
+            // here; `slots` and `word` belong to the live drainable the caller borrows.
+            unsafe { Folding::decrement(slots, index, word) };
+            return Err(Refused::Closed);
+        }
+        Ok(PerCpuTicket(Place::Slot(index)))
     }
 
     /// Serialises the closes and opens of the word with the passes over the slots that go
