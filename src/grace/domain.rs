@@ -922,8 +922,17 @@ impl GraceDomain {
     ) -> bool {
         loop {
             self.finish_if_done(&mut steps);
+            let before = steps.started;
             self.start_if_wanted(&mut steps);
-            if !steps.barrier_owed || (share && steps.paying > 0) {
+            if !steps.barrier_owed {
+                if steps.started != before {
+                    // Just started, with no barrier to pay (slots to slots, or no records): it
+                    // may be over already (no reader in the way).
+                    continue;
+                }
+                return true;
+            }
+            if share && steps.paying > 0 {
                 return true;
             }
             let number = steps.started;
