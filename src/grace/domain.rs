@@ -1356,6 +1356,10 @@ mod tests {
     /// period), a quiet spell brings them back to the records; a section in the slots is waited
     /// for like one on a record. (The switches racing open sections: loom, `tests/grace.rs`.)
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "the policy reads the clock, and Miri's clock makes back-to-back grace periods far apart"
+    )]
     fn frequent_grace_periods_move_sections_to_the_slots_and_back() {
         if !records::enabled() {
             return;
